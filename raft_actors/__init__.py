@@ -1,0 +1,21 @@
+"""Raft replicas: the sans-IO core, the durable log, and (next) the Ray actors."""
+
+from raft_actors.core import Config, RaftCore, Role
+from raft_actors.storage import LogStorage, MemoryStorage
+from raft_actors.types import (
+    NONE,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MessageType,
+    PersistedState,
+    Ready,
+    ReadState,
+    SnapshotMeta,
+)
+
+__all__ = [
+    "NONE", "Config", "Entry", "EntryKind", "HardState", "LogStorage", "MemoryStorage", "Message",
+    "MessageType", "PersistedState", "RaftCore", "ReadState", "Ready", "Role", "SnapshotMeta",
+]

@@ -1,0 +1,651 @@
+"""The Raft algorithm as a pure, deterministic, sans-IO state machine.
+
+Theory of operation
+-------------------
+`RaftCore` is one replica's Raft logic and nothing else. It never reads a
+clock, touches a file, opens a socket or calls Ray. The driver (the replica
+actor in production, the deterministic simulator in tests) feeds it:
+
+* `tick()`: one unit of logical time has passed (the driver decides how long a
+  tick is). Elections and heartbeats are counted in ticks.
+* `step(message)`: a message from a peer arrived.
+* `propose(datas)`: the application wants commands appended (leader only).
+* `read_index(ctx)`: the application wants a linearizable read point.
+* `transfer_leadership(to)`: hand leadership to a caught-up peer.
+
+and collects its output with `ready()`: hard state and entries to persist,
+messages to send, committed entries to apply, read states to release. The
+driver must persist before it sends (so a vote or an acknowledgement never
+outlives a crash), then apply, then call `advance(ready)`.
+
+Safety features, all on by default: PreVote (a node that cannot win does not
+raise terms), CheckQuorum (a leader that cannot hear a quorum steps down, and
+followers that recently heard a leader refuse to vote: the "leader lease"),
+the §5.4.2 commit rule (only entries of the current term commit by counting,
+so every new leader appends a no-op), fast log backtracking by conflict term,
+and flow control (pipelined appends capped in count and bytes).
+
+Outgoing appends and heartbeats are coalesced: proposals and commit updates
+mark followers dirty, and `ready()` sends one AppendEntries per follower for
+all of them; many ReadIndex requests share one heartbeat round.
+
+Roles are methods: `_step_leader`, `_step_candidate`, `_step_follower`,
+switched by `_become_*`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import structlog
+
+from kv.errors import NotLeader
+from raft_actors.log import RaftLog
+from raft_actors.progress import Progress, ProgressState
+from raft_actors.types import (
+    NONE,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MessageType as MT,
+    PersistedState,
+    Ready,
+    ReadState,
+)
+
+log = structlog.get_logger(__name__)
+
+TRANSFER_CONTEXT = b"transfer"
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings of one replica's core.
+
+    Attributes:
+        id: this replica's id (a positive int).
+        peers: ids of every voting replica, this one included.
+        election_tick: ticks without a leader before a follower campaigns; the
+            actual timeout is drawn from [election_tick, 2 * election_tick).
+        heartbeat_tick: ticks between leader heartbeats (< election_tick).
+        pre_vote, check_quorum: see the module docstring; on by default.
+        max_inflight_msgs, max_inflight_bytes: flow-control caps per follower.
+        max_msg_bytes: soft cap on entry bytes in one AppendEntries.
+        applied: the application's applied index at start (0: replay from the
+            snapshot point).
+    """
+
+    id: int
+    peers: tuple[int, ...]
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_inflight_msgs: int = 256
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    max_msg_bytes: int = 1024 * 1024
+    applied: int = 0
+
+    def __post_init__(self) -> None:
+        if self.id <= 0:
+            raise ValueError("replica ids are positive integers")
+        if self.id not in self.peers:
+            raise ValueError(f"replica {self.id} is not among the peers {self.peers}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError(f"duplicate peer ids in {self.peers}")
+        if not 0 < self.heartbeat_tick < self.election_tick:
+            raise ValueError("need 0 < heartbeat_tick < election_tick")
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    context: bytes
+    index: int
+    requester: int
+    acks: set[int]
+
+
+class RaftCore:
+    """One replica's Raft state machine. See the module docstring."""
+
+    def __init__(self, config: Config, persisted: PersistedState | None = None, rng: random.Random | None = None) -> None:
+        persisted = persisted or PersistedState()
+        self.config = config
+        self.id = config.id
+        self.peers = tuple(sorted(config.peers))
+        self.quorum = len(self.peers) // 2 + 1
+        self.rng = rng if rng is not None else random.Random(config.id)
+        self.log = RaftLog(persisted, config.applied)
+        hs = persisted.hard_state
+        self.term = hs.term
+        self.vote = hs.vote
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = config.election_tick
+        self.votes: dict[int, bool] = {}
+        self.progress: dict[int, Progress] = {}
+        self.lead_transferee = NONE
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self._reads: list[_PendingRead] = []  # queued ReadIndex rounds, oldest first
+        self._reads_waiting_commit: list[tuple[bytes, int]] = []  # until our term has a commit
+        self._reads_unsent = False
+        self._dirty: set[int] = set()  # followers owed an AppendEntries at the next ready()
+        self._prev_hard = hs
+        self._prev_soft = (NONE, Role.FOLLOWER)
+        self._ready_out = False
+        self._step_role: Callable[[Message], None] = self._step_follower
+        self._tick_role: Callable[[], None] = self._tick_election
+        self._become_follower(self.term, NONE)
+
+    # ------------------------------------------------------------------
+    # Public inputs
+    # ------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick_role()
+
+    def campaign(self) -> None:
+        """Start an election now (as if the election timeout fired)."""
+        self.step(Message(MT.HUP, self.id, self.id))
+
+    def propose(self, datas: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL) -> int:
+        """Append commands to the log (leader only).
+
+        Args:
+            datas: one command batch per entry.
+        Returns:
+            The index of the first new entry; entry i gets index first + i.
+        Raises:
+            NotLeader: this replica is not the leader, or is handing leadership
+                over; `leader_hint` names the leader when known.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(f"replica {self.id} is not the leader", self.lead)
+        if self.lead_transferee != NONE:
+            raise NotLeader(f"leadership is moving to replica {self.lead_transferee}", self.lead_transferee)
+        first = self.log.last_index + 1
+        if datas:
+            self._append([Entry(self.term, first + i, d, kind) for i, d in enumerate(datas)])
+        return first
+
+    def read_index(self, context: bytes) -> bool:
+        """Ask for a linearizable read point identified by `context` (unique bytes).
+
+        The answer comes later as a `ReadState(index, context)` in a Ready: once
+        the application has applied `index`, a read reflects every write
+        acknowledged before this call. Returns False when the request was
+        dropped (no leader known); the caller should retry or fail.
+        """
+        if self.role == Role.LEADER:
+            self._leader_read(context, self.id)
+            return True
+        if self.lead == NONE:
+            return False
+        self._send(Message(MT.READ_INDEX, self.id, self.lead, context=context))
+        return True
+
+    def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to `to` once it has caught up (TimeoutNow).
+
+        Proposals are refused while the transfer is in progress; it is abandoned
+        after one election timeout.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(f"replica {self.id} is not the leader", self.lead)
+        if to == self.id or to not in self.progress:
+            raise ValueError(f"cannot transfer leadership to {to}")
+        self.lead_transferee = to
+        self.election_elapsed = 0
+        log.info("raft.transfer_start", replica=self.id, term=self.term, to=to)
+        if self.progress[to].match == self.log.last_index:
+            self._send(Message(MT.TIMEOUT_NOW, self.id, to, term=self.term))
+        else:
+            self._dirty.add(to)
+
+    def step(self, m: Message) -> None:
+        """Process one message (from a peer, or a local HUP)."""
+        if m.term > self.term and m.type != MT.HUP:
+            if m.type in (MT.VOTE, MT.PRE_VOTE):
+                forced = m.context == TRANSFER_CONTEXT
+                in_lease = self.config.check_quorum and self.lead != NONE and self.election_elapsed < self.config.election_tick
+                if in_lease and not forced:
+                    # We heard from a live leader within the election timeout:
+                    # ignore the disruptive candidate without raising our term.
+                    return
+            if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
+                pass  # a pre-vote never changes terms
+            else:
+                lead = m.src if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP) else NONE
+                self._become_follower(m.term, lead)
+        elif 0 < m.term < self.term:
+            if (self.config.check_quorum or self.config.pre_vote) and m.type in (MT.HEARTBEAT, MT.APP):
+                # Tell a stale leader about the newer term so it steps down
+                # (with CheckQuorum/PreVote, its partitioned followers won't).
+                self._send(Message(MT.APP_RESP, self.id, m.src, term=self.term))
+            elif m.type == MT.PRE_VOTE:
+                self._send(Message(MT.PRE_VOTE_RESP, self.id, m.src, term=self.term, reject=True))
+            return
+
+        if m.type == MT.HUP:
+            self._hup(transfer=False)
+        elif m.type in (MT.VOTE, MT.PRE_VOTE):
+            self._handle_vote_request(m)
+        else:
+            self._step_role(m)
+
+    # ------------------------------------------------------------------
+    # Output
+    # ------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        self._flush()
+        return bool(
+            self.msgs
+            or self.read_states
+            or self.log.stable < self.log.last_index
+            or self.log.committed > self.log.applied
+            or self._hard_state() != self._prev_hard
+            or (self.lead, self.role) != self._prev_soft
+        )
+
+    def ready(self) -> Ready:
+        """Collect the work the driver must do now. See `Ready` for the order."""
+        if self._ready_out:
+            raise RuntimeError("advance() the previous Ready before asking for another")
+        self._flush()
+        hs = self._hard_state()
+        soft = (self.lead, self.role)
+        rd = Ready(
+            hard_state=hs if hs != self._prev_hard else None,
+            entries=self.log.unstable(),
+            messages=self.msgs,
+            committed=self.log.next_committed(),
+            read_states=self.read_states,
+            soft_state=soft if soft != self._prev_soft else None,
+        )
+        self.msgs = []
+        self.read_states = []
+        self._prev_soft = soft
+        self._ready_out = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver finished `rd`: its entries are durable and committed applied."""
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed:
+            self.log.applied_to(rd.committed[-1].index)
+        self._ready_out = False
+
+    def status(self) -> dict:
+        """A plain snapshot of this replica's Raft state, for operators and tests."""
+        return {
+            "id": self.id,
+            "role": self.role.name.lower(),
+            "term": self.term,
+            "vote": self.vote,
+            "leader": self.lead,
+            "commit_index": self.log.committed,
+            "applied_index": self.log.applied,
+            "last_index": self.log.last_index,
+            "progress": {p: repr(pr) for p, pr in self.progress.items()} if self.role == Role.LEADER else {},
+        }
+
+    # ------------------------------------------------------------------
+    # Role transitions
+    # ------------------------------------------------------------------
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = self.config.election_tick + self.rng.randrange(self.config.election_tick)
+        self.votes = {}
+        self.lead_transferee = NONE
+        self.progress = {}
+        self._reads = []
+        self._reads_waiting_commit = []
+        self._reads_unsent = False
+        self._dirty = set()
+
+    def _become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick_role = self._tick_election
+
+    def _become_pre_candidate(self) -> None:
+        # A pre-candidate keeps its term and vote: it only asks whether it could win.
+        self.votes = {}
+        self.lead = NONE
+        self.role = Role.PRE_CANDIDATE
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+
+    def _become_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise AssertionError("a leader cannot become a candidate directly")
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self._step_role = self._step_candidate
+        self._tick_role = self._tick_election
+
+    def _become_leader(self) -> None:
+        if self.role != Role.CANDIDATE:
+            raise AssertionError("only a candidate can become leader")
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        self._step_role = self._step_leader
+        self._tick_role = self._tick_heartbeat
+        nxt = self.log.last_index + 1
+        for p in self.peers:
+            pr = Progress(nxt, self.config.max_inflight_msgs, self.config.max_inflight_bytes)
+            if p == self.id:
+                pr.match = self.log.last_index
+                pr.become_replicate()
+            pr.recent_active = True
+            self.progress[p] = pr
+        log.info("raft.became_leader", replica=self.id, term=self.term, index=self.log.last_index)
+        # §5.4.2: entries of earlier terms commit only under one of ours.
+        self._append([Entry(self.term, nxt, b"")])
+
+    # ------------------------------------------------------------------
+    # Elections
+    # ------------------------------------------------------------------
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_timeout:
+            self.election_elapsed = 0
+            self.step(Message(MT.HUP, self.id, self.id))
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role == Role.LEADER:
+            return
+        if self.config.pre_vote and not transfer:
+            self._campaign(pre=True, transfer=False)
+        else:
+            self._campaign(pre=False, transfer=transfer)
+
+    def _campaign(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            self._become_pre_candidate()
+            vote_type, term = MT.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, term = MT.VOTE, self.term
+        if self._poll(self.id, True) == 1:
+            # a single-replica cluster wins at once
+            if pre:
+                self._campaign(pre=False, transfer=False)
+            else:
+                self._become_leader()
+            return
+        log.info("raft.campaign", replica=self.id, term=term, pre_vote=pre, index=self.log.last_index)
+        ctx = TRANSFER_CONTEXT if transfer else b""
+        for p in self.peers:
+            if p != self.id:
+                self._send(Message(vote_type, self.id, p, term=term, index=self.log.last_index,
+                                   log_term=self.log.last_term, context=ctx))
+
+    def _poll(self, voter: int, granted: bool) -> int:
+        """Record a vote; 1 if we won, -1 if we lost, 0 if undecided."""
+        self.votes.setdefault(voter, granted)
+        yes = sum(1 for v in self.votes.values() if v)
+        no = len(self.votes) - yes
+        if yes >= self.quorum:
+            return 1
+        if no >= self.quorum:
+            return -1
+        return 0
+
+    def _handle_vote_request(self, m: Message) -> None:
+        resp = MT.PRE_VOTE_RESP if m.type == MT.PRE_VOTE else MT.VOTE_RESP
+        can_vote = (
+            self.vote == m.src
+            or (self.vote == NONE and self.lead == NONE)
+            or (m.type == MT.PRE_VOTE and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # Answer with the candidate's term: a pre-vote grant must not look stale.
+            self._send(Message(resp, self.id, m.src, term=m.term))
+            if m.type == MT.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.src
+        else:
+            self._send(Message(resp, self.id, m.src, term=self.term, reject=True))
+
+    # ------------------------------------------------------------------
+    # Role-specific message handling
+    # ------------------------------------------------------------------
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MT.APP:
+            self.election_elapsed = 0
+            self.lead = m.src
+            self._handle_append(m)
+        elif t == MT.HEARTBEAT:
+            self.election_elapsed = 0
+            self.lead = m.src
+            self.log.commit_to(m.commit)
+            self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, term=self.term, context=m.context))
+        elif t == MT.TIMEOUT_NOW:
+            log.info("raft.timeout_now", replica=self.id, term=self.term, from_=m.src)
+            self._hup(transfer=True)
+        elif t == MT.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context))
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        my_resp = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
+        if t in (MT.APP, MT.HEARTBEAT):
+            # someone won this term (m.term == self.term here)
+            self._become_follower(m.term, m.src)
+            self._step_follower(m)
+        elif t == my_resp:
+            result = self._poll(m.src, not m.reject)
+            if result == 1:
+                if self.role == Role.PRE_CANDIDATE:
+                    self._campaign(pre=False, transfer=False)
+                else:
+                    self._become_leader()
+            elif result == -1:
+                self._become_follower(self.term, NONE)
+
+    def _step_leader(self, m: Message) -> None:
+        t = m.type
+        pr = self.progress.get(m.src)
+        if t == MT.READ_INDEX:
+            self._leader_read(m.context, m.src)
+            return
+        if pr is None:
+            return
+        if t == MT.APP_RESP:
+            pr.recent_active = True
+            if m.reject:
+                hint = m.reject_hint
+                if m.log_term > 0:
+                    hint, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+                if pr.maybe_decrease(m.index, hint):
+                    self._dirty.add(m.src)
+                return
+            old_paused = pr.is_paused()
+            if pr.maybe_update(m.index):
+                if pr.state == ProgressState.PROBE:
+                    pr.become_replicate()
+                if self._maybe_commit():
+                    self._dirty.update(p for p in self.peers if p != self.id)
+                elif old_paused or pr.next <= self.log.last_index:
+                    self._dirty.add(m.src)
+                if m.src == self.lead_transferee and pr.match == self.log.last_index:
+                    self._send(Message(MT.TIMEOUT_NOW, self.id, m.src, term=self.term))
+        elif t == MT.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            pr.free_first()
+            if pr.match < self.log.last_index:
+                self._dirty.add(m.src)
+            if m.context:
+                self._ack_read(m.context, m.src)
+
+    # ------------------------------------------------------------------
+    # Replication
+    # ------------------------------------------------------------------
+    def _append(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        self.progress[self.id].maybe_update(self.log.last_index)
+        self._dirty.update(p for p in self.peers if p != self.id)
+        if self.quorum == 1:
+            self._maybe_commit()
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(Message(MT.APP_RESP, self.id, m.src, term=self.term, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MT.APP_RESP, self.id, m.src, term=self.term, index=last_new))
+            return
+        hint_index, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index), m.log_term)
+        self._send(Message(MT.APP_RESP, self.id, m.src, term=self.term, index=m.index, reject=True,
+                           reject_hint=hint_index, log_term=hint_term))
+
+    def _maybe_commit(self) -> bool:
+        matches = sorted((self.progress[p].match for p in self.peers), reverse=True)
+        index = matches[self.quorum - 1]
+        # §5.4.2: count replicas only for an entry of our own term.
+        if index > self.log.committed and self.log.term(index) == self.term:
+            first_in_term = self.log.term(self.log.committed) != self.term
+            self.log.commit_to(index)
+            if first_in_term and self._reads_waiting_commit:
+                waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
+                for ctx, requester in waiting:
+                    self._leader_read(ctx, requester)
+            return True
+        return False
+
+    def _send_append(self, to: int, send_if_empty: bool) -> bool:
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None:
+            # The entries this follower needs were compacted away: it needs an
+            # InstallSnapshot. Seam for the snapshot issue; no compaction yet.
+            pr.state = ProgressState.SNAPSHOT
+            log.warning("raft.snapshot_needed", replica=self.id, term=self.term, peer=to, index=prev)
+            return False
+        entries = self.log.slice(pr.next, self.log.last_index + 1, self.config.max_msg_bytes) if pr.next <= self.log.last_index else []
+        if not entries and not send_if_empty:
+            return False
+        self._send(Message(MT.APP, self.id, to, term=self.term, index=prev, log_term=prev_term,
+                           entries=tuple(entries), commit=self.log.committed))
+        if entries:
+            pr.sent(entries[-1].index, sum(len(e.data) + 24 for e in entries))
+        elif pr.state == ProgressState.PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _send_all(self, to: int) -> None:
+        pr = self.progress[to]
+        sent = self._send_append(to, send_if_empty=True)
+        while sent and pr.state == ProgressState.REPLICATE and pr.next <= self.log.last_index:
+            sent = self._send_append(to, send_if_empty=False)
+
+    def _flush(self) -> None:
+        """Turn coalesced work into messages: one append per dirty follower, one read round."""
+        if self.role != Role.LEADER:
+            return
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for p in sorted(dirty):
+                self._send_all(p)
+        if self._reads_unsent and self._reads:
+            self._reads_unsent = False
+            self._broadcast_heartbeat(self._reads[-1].context)
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_tick:
+            self.election_elapsed = 0
+            if self.config.check_quorum:
+                active = sum(1 for p in self.peers if p == self.id or self.progress[p].recent_active)
+                for p in self.peers:
+                    if p != self.id:
+                        self.progress[p].recent_active = False
+                if active < self.quorum:
+                    log.warning("raft.lost_quorum", replica=self.id, term=self.term, active=active)
+                    self._become_follower(self.term, NONE)
+                    return
+            if self.lead_transferee != NONE:
+                log.info("raft.transfer_abandoned", replica=self.id, term=self.term, to=self.lead_transferee)
+                self.lead_transferee = NONE
+        if self.heartbeat_elapsed >= self.config.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat(self._reads[-1].context if self._reads else b"")
+
+    def _broadcast_heartbeat(self, context: bytes) -> None:
+        for p in self.peers:
+            if p != self.id:
+                commit = min(self.progress[p].match, self.log.committed)
+                self._send(Message(MT.HEARTBEAT, self.id, p, term=self.term, commit=commit, context=context))
+
+    # ------------------------------------------------------------------
+    # ReadIndex
+    # ------------------------------------------------------------------
+    def _leader_read(self, context: bytes, requester: int) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            # Our commit index may lag the previous leader's until our no-op commits.
+            self._reads_waiting_commit.append((context, requester))
+            return
+        if self.quorum == 1:
+            self._release_read(context, self.log.committed, requester)
+            return
+        self._reads.append(_PendingRead(context, self.log.committed, requester, {self.id}))
+        self._reads_unsent = True
+
+    def _ack_read(self, context: bytes, voter: int) -> None:
+        for pos, rd in enumerate(self._reads):
+            if rd.context == context:
+                rd.acks.add(voter)
+                if len(rd.acks) >= self.quorum:
+                    # A quorum confirmed our leadership after every earlier request too.
+                    done, self._reads = self._reads[: pos + 1], self._reads[pos + 1 :]
+                    for r in done:
+                        self._release_read(r.context, r.index, r.requester)
+                return
+
+    def _release_read(self, context: bytes, index: int, requester: int) -> None:
+        if requester == self.id:
+            self.read_states.append(ReadState(index, context))
+        else:
+            self._send(Message(MT.READ_INDEX_RESP, self.id, requester, term=self.term, index=index, context=context))
+
+    # ------------------------------------------------------------------
+    def _send(self, m: Message) -> None:
+        self.msgs.append(m)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
