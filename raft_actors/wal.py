@@ -1,0 +1,555 @@
+"""The durable Raft log: segment files of checksummed records, plus two small state files.
+
+Theory of operation
+-------------------
+Layout of ``data_dir``::
+
+    wal/0000000000000001.seg   segments, named by the index of their first entry
+    wal/0000000000052318.seg   (zero padded to 16 digits: name order is index order)
+    hardstate                  term, vote, commit
+    snapmeta                   index and term of the snapshot covering the log's prefix
+
+A segment is a 24-byte header (magic, format version, first index, CRC32C of the
+header) followed by records. A record is, little-endian::
+
+    crc32c u32 | data length u32 | term u64 | index u64 | kind u8 | data
+
+where the CRC covers everything after itself. The state files are one fixed
+struct each (magic, version, fields, CRC32C). Nothing read from disk is unpickled.
+
+Writing is group commit. ``append`` packs a batch into one ``pwrite`` on the last
+segment; ``set_hard_state`` and ``compact`` only remember. ``sync`` then makes all
+of it durable in an order that leaves every crash state loadable:
+
+1. the snapshot position (atomic replace), so the entries it covers may vanish;
+2. one ``fdatasync`` of the last segment;
+3. the hard state (atomic replace), after the entries its commit refers to;
+4. deletion of segments wholly covered by the snapshot, then a directory fsync.
+
+Two rare steps are made durable at once, because they change what earlier bytes
+mean. Starting a segment first syncs the previous one, so only the last segment
+can ever have a torn tail. Overwriting a suffix deletes later segments and cuts
+the segment holding the first overwritten entry (with fsyncs) before the new
+entries are written, so stale entries never reappear behind new ones.
+
+Recovery (``load``) reads every segment not wholly covered by the snapshot. An
+incomplete or checksum-failing record at the end of the last segment, with no
+valid record after it, is what a crash during an unsynced write leaves: it is cut
+off, with a warning. Any other damage raises ``CorruptLog`` naming the file and
+byte offset, and then nothing on disk is changed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import struct
+from array import array
+from pathlib import Path
+from typing import Sequence
+
+import crc32c
+import structlog
+
+from kv.errors import CorruptLog, StorageError
+from raft_actors.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
+
+__all__ = ["FileStorage", "FORMAT_VERSION"]
+
+log = structlog.get_logger(__name__)
+
+FORMAT_VERSION = 1
+_SEG_MAGIC = b"RKVWAL\x00\x00"
+_HS_MAGIC = b"RKVHARD\x00"
+_SNAP_MAGIC = b"RKVSNAP\x00"
+_SEG_HEADER = struct.Struct("<8sIQ")  # magic, version, first index; then u32 crc
+_SEG_HEADER_SIZE = _SEG_HEADER.size + 4
+_REC_BODY = struct.Struct("<IQQB")  # data length, term, index, kind
+_REC_HEADER = struct.Struct("<IIQQB")  # crc, then the body's fixed part
+_REC_HEADER_SIZE = _REC_HEADER.size
+_HS = struct.Struct("<8sIQQQ")  # magic, version, term, vote, commit; then u32 crc
+_SNAP = struct.Struct("<8sIQQ")  # magic, version, index, term; then u32 crc
+_U32 = struct.Struct("<I")
+_SEG_NAME = re.compile(r"^(\d{16})\.seg$")
+_KINDS = {int(kind): kind for kind in EntryKind}
+_RESTORE = "restore the data directory from a backup, or remove this replica and rejoin it as a new member"
+
+
+class _Segment:
+    """One segment file: where each of its records starts, and its size."""
+
+    __slots__ = ("path", "first", "offsets", "size", "fd")
+
+    def __init__(self, path: Path, first: int, offsets: array, size: int, fd: int | None = None) -> None:
+        self.path = path
+        self.first = first
+        self.offsets = offsets  # offsets[k]: byte offset of the record of entry first + k
+        self.size = size  # invariant: size == end of the last whole record written
+        self.fd = fd  # open only while this is the last segment (or being cut)
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+
+class FileStorage:
+    """`LogStorage` on local files: segmented WAL with CRC32C records, group commit.
+
+    Consistency: nothing is durable until `sync()` returns; after it returns, every
+    earlier call survives a crash. A crash before that leaves a state that `load()`
+    accepts: the last synced state, possibly with a prefix of later appends.
+    One `FileStorage` per data directory, used from one thread.
+    """
+
+    def __init__(self, data_dir: str | Path, segment_bytes: int = 64 * 1024 * 1024) -> None:
+        """Describe the storage; nothing touches disk until `load()`.
+
+        Args:
+            data_dir: directory of this replica (created by `load()` if missing).
+            segment_bytes: a segment is closed once it reaches this size; a
+                record is never split, so segments may exceed it by one record.
+
+        Raises:
+            ValueError: segment_bytes is not positive.
+        """
+        if segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        self.data_dir = Path(data_dir)
+        self.wal_dir = self.data_dir / "wal"
+        self.segment_bytes = segment_bytes
+        self.syncs = 0
+        self._segs: list[_Segment] = []
+        self._covered: list[Path] = []  # segments found wholly below the snapshot
+        self._snap = self._snap_durable = SnapshotMeta()
+        self._hs = self._hs_durable = HardState()
+        self._last = 0  # invariant: _last == max(_snap.index, last entry index)
+        self._dirty = False  # the last segment has writes not yet fdatasync'ed
+        self._loaded = False
+        self._failed: OSError | None = None
+
+    # -- the LogStorage protocol -------------------------------------------
+    def load(self) -> PersistedState:
+        """Recover the durable state, repairing a torn tail left by a crash.
+
+        Returns:
+            hard state, snapshot position, and the entries after the snapshot.
+
+        Raises:
+            CorruptLog: a damaged record (other than a torn tail), a bad segment
+                header or state file, a gap in the log, or a hard-state commit
+                past the log's end. Nothing on disk is changed in that case.
+            StorageError: the files could not be read.
+        """
+        self.close()
+        try:
+            if not self.wal_dir.is_dir():
+                self.wal_dir.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.data_dir)  # else a crash could lose the new directories,
+                _fsync_dir(self.data_dir.parent)  # and every segment with them
+            hs_fields = self._read_state(self.data_dir / "hardstate", _HS, _HS_MAGIC)
+            snap_fields = self._read_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC)
+            hard_state = HardState(*hs_fields) if hs_fields else HardState()
+            snapshot = SnapshotMeta(*snap_fields) if snap_fields else SnapshotMeta()
+            segs, covered, entries, repair = self._scan(snapshot)
+            last = max(snapshot.index, segs[-1].last if segs else 0)
+            if hard_state.commit > last:
+                path = self.data_dir / "hardstate"
+                raise CorruptLog(
+                    f"{path} says entry {hard_state.commit} is committed but the log ends at {last}; {_RESTORE}",
+                    str(path),
+                    0,
+                )
+            if repair is not None:
+                self._repair(*repair)
+            if segs:
+                segs[-1].fd = os.open(segs[-1].path, os.O_RDWR)
+        except OSError as exc:
+            raise StorageError(f"cannot read the log in {self.data_dir}: {exc}") from exc
+        self._segs, self._covered = segs, covered
+        self._snap = self._snap_durable = snapshot
+        self._hs = self._hs_durable = hard_state
+        self._last = last
+        self._dirty, self._loaded, self._failed = False, True, None
+        return PersistedState(hard_state, snapshot, tuple(entries))
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write entries after discarding any stored entry at index >= entries[0].index.
+
+        Not durable until `sync()`. Overwriting a suffix and starting a new
+        segment are the exceptions: they fsync at once (both are rare).
+
+        Raises:
+            ValueError: the entries are not contiguous, would leave a gap after
+                the last entry, or rewrite entries covered by the snapshot or
+                by the durable commit index.
+            StorageError: a write failed, or an earlier one did.
+        """
+        if not entries:
+            return
+        self._check_usable()
+        first = entries[0].index
+        if first > self._last + 1:
+            raise ValueError(f"append at {first} leaves a gap after {self._last}")
+        if first <= self._snap.index:
+            raise ValueError(f"append at {first} rewrites compacted entries (snapshot at {self._snap.index})")
+        if first <= self._hs_durable.commit:
+            raise ValueError(f"append at {first} rewrites committed entries (commit {self._hs_durable.commit})")
+        records = _encode(entries, first)
+        try:
+            if self._segs and first <= self._segs[-1].last:
+                self._truncate(first)
+            i, n, limit = 0, len(records), self.segment_bytes
+            while i < n:
+                seg = self._segs[-1] if self._segs else None
+                if seg is None or seg.last + 1 != first + i or seg.size >= limit:
+                    seg = self._start_segment(first + i)
+                j, size, offsets = i, seg.size, seg.offsets
+                while j < n and (j == i or size < limit):  # never split a record
+                    offsets.append(size)
+                    size += len(records[j])
+                    j += 1
+                self._dirty = True
+                _pwrite_all(seg.fd, b"".join(records[i:j]), seg.size)
+                seg.size = size
+                i = j
+        except OSError as exc:
+            self._fail("append", exc)
+        self._last = first + len(entries) - 1
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        """Remember the hard state; `sync()` writes it (only if it changed).
+
+        Raises:
+            ValueError: a field does not fit in an unsigned 64-bit integer.
+        """
+        self._check_usable()
+        try:
+            _HS.pack(_HS_MAGIC, FORMAT_VERSION, hard_state.term, hard_state.vote, hard_state.commit)
+        except struct.error as exc:
+            raise ValueError(f"hard state {hard_state} cannot be stored: {exc}") from None
+        self._hs = hard_state
+
+    def sync(self) -> None:
+        """Make every earlier call durable: one fdatasync for all appended records.
+
+        Raises:
+            ValueError: the hard state commits past the last entry; nothing is
+                written (`load()` would refuse such a log as corrupt).
+            StorageError: an fsync or write failed. The storage then refuses
+                further calls until `load()` re-reads the disk, because after a
+                failed fsync the kernel may have dropped the unsynced pages.
+        """
+        self._check_usable()
+        if self._hs.commit > self._last:
+            raise ValueError(f"hard state commit {self._hs.commit} is past the last entry {self._last}")
+        try:
+            if self._snap != self._snap_durable:
+                self._write_snapmeta()
+            if self._dirty:
+                os.fdatasync(self._segs[-1].fd)
+                self._dirty = False
+            if self._hs != self._hs_durable:
+                hs = self._hs
+                self._write_state(self.data_dir / "hardstate", _HS, _HS_MAGIC, hs.term, hs.vote, hs.commit)
+                self._hs_durable = hs
+            self._delete_covered()
+        except OSError as exc:
+            self._fail("sync", exc)
+        self.syncs += 1
+
+    def compact(self, snapshot: SnapshotMeta) -> None:
+        """Discard entries at or below snapshot.index; durable (files deleted) on `sync()`.
+
+        A snapshot at or below the current one is ignored. Segments holding
+        entries above snapshot.index stay; `load()` skips their covered entries.
+
+        Raises:
+            ValueError: a field does not fit in an unsigned 64-bit integer.
+        """
+        self._check_usable()
+        if snapshot.index <= self._snap.index:
+            return
+        try:
+            _SNAP.pack(_SNAP_MAGIC, FORMAT_VERSION, snapshot.index, snapshot.term)
+        except struct.error as exc:
+            raise ValueError(f"snapshot {snapshot} cannot be stored: {exc}") from None
+        self._snap = snapshot
+        self._last = max(self._last, snapshot.index)
+
+    def close(self) -> None:
+        """Release files. Unsynced work may be lost; call `load()` to use it again."""
+        for seg in self._segs:
+            if seg.fd is not None:
+                os.close(seg.fd)
+                seg.fd = None
+        self._segs = []
+        self._loaded = False
+
+    # -- recovery ------------------------------------------------------------
+    def _scan(self, snap: SnapshotMeta) -> tuple[list[_Segment], list[Path], list[Entry], tuple[Path, int] | None]:
+        """Read the segments; return them, the covered ones, entries, and a tail repair."""
+        paths = sorted(p for p in self.wal_dir.iterdir() if _SEG_NAME.match(p.name))
+        firsts = [int(p.name[:16]) for p in paths]
+        start = 0  # segments followed by one starting at or below snap.index + 1 are covered
+        while start + 1 < len(paths) and firsts[start + 1] <= snap.index + 1:
+            start += 1
+        segs: list[_Segment] = []
+        entries: list[Entry] = []
+        for k in range(start, len(paths)):
+            path, is_last = paths[k], k == len(paths) - 1
+            buf = path.read_bytes()
+            if is_last and (len(buf) < _SEG_HEADER_SIZE or buf.count(0) == len(buf)):
+                return segs, paths[:start], entries, (path, 0)  # crashed while being created
+            first = _check_header(path, buf, firsts[k])
+            expected = segs[-1].last + 1 if segs else None
+            if (expected is not None and first != expected) or (expected is None and first > snap.index + 1):
+                want = expected if expected is not None else snap.index + 1
+                raise CorruptLog(
+                    f"{path} starts at entry {first} but the log needs entry {want} next: "
+                    f"a segment is missing; {_RESTORE}",
+                    str(path),
+                    0,
+                )
+            seg, torn = _read_records(path, buf, first, is_last, snap.index, entries)
+            segs.append(seg)
+            if torn:
+                return segs, paths[:start], entries, (path, seg.size)
+        return segs, paths[:start], entries, None
+
+    def _repair(self, path: Path, offset: int) -> None:
+        """Cut a torn tail at `offset` (0: remove a segment whose header is torn)."""
+        if offset == 0:
+            log.warning("wal.torn_segment_removed", path=str(path), offset=0, size=path.stat().st_size)
+            path.unlink()
+            _fsync_dir(self.wal_dir)
+            return
+        log.warning("wal.torn_tail_truncated", path=str(path), offset=offset, dropped=path.stat().st_size - offset)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, offset)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _read_state(self, path: Path, layout: struct.Struct, magic: bytes) -> tuple[int, ...] | None:
+        """Fields of a state file after magic and version, or None if it does not exist."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) < 12 or raw[:8] != magic:
+            raise CorruptLog(f"{path} is not a raftkv state file (too short, or bad magic); {_RESTORE}", str(path), 0)
+        (version,) = _U32.unpack_from(raw, 8)
+        if version != FORMAT_VERSION:
+            raise CorruptLog(
+                f"{path} has format version {version}, this raftkv reads version {FORMAT_VERSION}: "
+                "run a raftkv release that supports it",
+                str(path),
+                0,
+            )
+        if len(raw) != layout.size + 4 or crc32c.crc32c(raw[: layout.size]) != _U32.unpack_from(raw, layout.size)[0]:
+            raise CorruptLog(f"{path} fails its checksum; {_RESTORE}", str(path), 0)
+        return layout.unpack_from(raw)[2:]
+
+    # -- writing -------------------------------------------------------------
+    def _start_segment(self, first: int) -> _Segment:
+        """Create and sync a segment starting at `first`, after syncing the previous one."""
+        if self._snap != self._snap_durable:
+            self._write_snapmeta()  # a segment after a gap is only valid behind its snapshot
+        if self._segs and self._segs[-1].fd is not None:
+            prev = self._segs[-1]
+            if self._dirty:
+                os.fdatasync(prev.fd)  # invariant: only the last segment may be torn
+            os.close(prev.fd)
+            prev.fd = None
+        self._dirty = False
+        path = self.wal_dir / f"{first:016d}.seg"
+        header = _SEG_HEADER.pack(_SEG_MAGIC, FORMAT_VERSION, first)
+        header += _U32.pack(crc32c.crc32c(header))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        seg = _Segment(path, first, array("Q"), len(header), fd)
+        self._segs.append(seg)
+        _pwrite_all(fd, header, 0)
+        os.fdatasync(fd)
+        _fsync_dir(self.wal_dir)
+        return seg
+
+    def _truncate(self, index: int) -> None:
+        """Durably drop entries >= index: delete later segments, then cut the holder."""
+        k = bisect.bisect_right(self._segs, index, key=lambda s: s.first) - 1
+        seg = self._segs[k]
+        later = self._segs[k + 1 :]
+        if later:
+            for s in later:
+                if s.fd is not None:
+                    os.close(s.fd)
+                    s.fd = None
+                s.path.unlink()
+            del self._segs[k + 1 :]
+            _fsync_dir(self.wal_dir)
+        if seg.fd is None:
+            seg.fd = os.open(seg.path, os.O_RDWR)
+        cut = seg.offsets[index - seg.first]
+        os.ftruncate(seg.fd, cut)
+        os.fdatasync(seg.fd)  # stale records must not reappear behind new ones
+        del seg.offsets[index - seg.first :]
+        seg.size = cut
+        self._dirty = False
+
+    def _delete_covered(self) -> None:
+        """Delete segments whose entries are all covered by the durable snapshot."""
+        doomed, self._covered = self._covered, []
+        while self._segs and self._segs[0].last <= self._snap_durable.index:
+            seg = self._segs.pop(0)
+            if seg.fd is not None:
+                os.close(seg.fd)
+                seg.fd = None
+                self._dirty = False
+            doomed.append(seg.path)
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            _fsync_dir(self.wal_dir)
+
+    def _write_snapmeta(self) -> None:
+        snap = self._snap
+        self._write_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC, snap.index, snap.term)
+        self._snap_durable = snap
+
+    def _write_state(self, path: Path, layout: struct.Struct, magic: bytes, *fields: int) -> None:
+        """Atomically replace a state file: write a temp file, fsync, rename, fsync the directory."""
+        raw = layout.pack(magic, FORMAT_VERSION, *fields)
+        raw += _U32.pack(crc32c.crc32c(raw))
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, raw, 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(self.data_dir)
+
+    def _check_usable(self) -> None:
+        if not self._loaded:
+            raise StorageError(f"the log in {self.data_dir} is not open: call load() first")
+        if self._failed is not None:
+            raise StorageError(
+                f"an earlier I/O error ({self._failed}) left the log in {self.data_dir} in an unknown "
+                "state: close it and call load() to recover from what is on disk"
+            )
+
+    def _fail(self, op: str, exc: OSError) -> None:
+        self._failed = exc
+        raise StorageError(f"WAL {op} failed in {self.wal_dir}: {exc}; call load() to recover") from exc
+
+
+def _encode(entries: Sequence[Entry], first: int) -> list[bytes]:
+    """Pack entries into records; check contiguity, sizes and kinds before any write."""
+    pack, crc, pack_crc, kinds = _REC_BODY.pack, crc32c.crc32c, _U32.pack, _KINDS
+    records = []
+    index = first
+    try:
+        for e in entries:
+            if e.index != index:
+                raise ValueError(f"entries are not contiguous: entry {e.index} where {index} was expected")
+            if e.kind not in kinds:
+                raise ValueError(f"entry {index} has unknown kind {e.kind!r}")
+            body = pack(len(e.data), e.term, index, e.kind) + e.data
+            records.append(pack_crc(crc(body)) + body)
+            index += 1
+    except struct.error as exc:
+        raise ValueError(f"entry {index} cannot be stored: {exc}") from None
+    return records
+
+
+def _check_header(path: Path, buf: bytes, name_first: int) -> int:
+    """Validate a segment header; return its first index."""
+    if len(buf) < _SEG_HEADER_SIZE or buf[:8] != _SEG_MAGIC:
+        raise CorruptLog(f"{path} is not a raftkv WAL segment (short header, or bad magic); {_RESTORE}", str(path), 0)
+    _, version, first = _SEG_HEADER.unpack_from(buf)
+    if version != FORMAT_VERSION:
+        raise CorruptLog(
+            f"{path} has WAL format version {version}, this raftkv reads version {FORMAT_VERSION}: "
+            "run a raftkv release that supports it",
+            str(path),
+            0,
+        )
+    if crc32c.crc32c(buf[: _SEG_HEADER.size]) != _U32.unpack_from(buf, _SEG_HEADER.size)[0]:
+        raise CorruptLog(f"{path} has a segment header that fails its checksum; {_RESTORE}", str(path), 0)
+    if first != name_first:
+        raise CorruptLog(f"{path} header says it starts at entry {first}, its name disagrees; {_RESTORE}", str(path), 0)
+    return first
+
+
+def _read_records(
+    path: Path, buf: bytes, first: int, is_last: bool, skip_upto: int, out: list[Entry]
+) -> tuple[_Segment, bool]:
+    """Parse a segment's records, appending entries above `skip_upto` to `out`.
+
+    Returns the segment (ending at its last whole record) and whether a torn
+    tail follows that record. Raises CorruptLog for any other damage.
+    """
+    view = memoryview(buf)
+    unpack, crc, kinds, hsize = _REC_HEADER.unpack_from, crc32c.crc32c, _KINDS, _REC_HEADER_SIZE
+    n, pos, index = len(buf), _SEG_HEADER_SIZE, first
+    offsets = array("Q")
+    while pos < n:
+        if pos + hsize > n:
+            problem = "incomplete record header"
+            break
+        checksum, dlen, term, idx, kind = unpack(buf, pos)
+        end = pos + hsize + dlen
+        if end > n:
+            problem = "incomplete record"
+            break
+        if crc(view[pos + 4 : end]) != checksum:
+            problem = "checksum mismatch"
+            break
+        if idx != index or kind not in kinds:
+            what = f"entry {idx} where {index} was expected" if idx != index else f"unknown entry kind {kind}"
+            raise CorruptLog(f"{path} at byte offset {pos} holds {what}; {_RESTORE}", str(path), pos)
+        offsets.append(pos)
+        if idx > skip_upto:
+            out.append(Entry(term, idx, buf[pos + hsize : end], kinds[kind]))
+        pos, index = end, index + 1
+    else:
+        return _Segment(path, first, offsets, pos), False
+    if is_last and not _valid_record_after(buf, pos, index):
+        return _Segment(path, first, offsets, pos), True
+    raise CorruptLog(f"{path} at byte offset {pos}: {problem}; {_RESTORE}", str(path), pos)
+
+
+def _valid_record_after(buf: bytes, pos: int, index: int) -> bool:
+    """Whether a whole, checksummed record of entry >= index starts after `pos`.
+
+    A crash tears only the end of what was written, so valid data after a bad
+    record means the bad record is damage, not a torn tail. This scans byte by
+    byte, but runs only on a damaged record and stops at the first valid one.
+    """
+    n = len(buf)
+    if buf.count(0, pos) == n - pos:
+        return False  # an extension whose data never reached the disk
+    view, unpack, hsize = memoryview(buf), _REC_HEADER.unpack_from, _REC_HEADER_SIZE
+    top = index + (n - pos) // hsize
+    for o in range(pos + 1, n - hsize + 1):
+        checksum, dlen, _, idx, _ = unpack(buf, o)
+        if index <= idx <= top and o + hsize + dlen <= n and crc32c.crc32c(view[o + 4 : o + hsize + dlen]) == checksum:
+            return True
+    return False
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
