@@ -275,6 +275,7 @@ class RaftCore:
             committed=self.log.next_committed(),
             read_states=self.read_states,
             soft_state=soft if soft != self._prev_soft else None,
+            early_send=self.role == Role.LEADER and (hs.term, hs.vote) == (self._prev_hard.term, self._prev_hard.vote),
         )
         self.msgs = []
         self.read_states = []
@@ -289,6 +290,9 @@ class RaftCore:
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
+            if self.role == Role.LEADER and self.progress[self.id].maybe_update(self.log.stable):
+                if self._maybe_commit():
+                    self._dirty.update(p for p in self.peers if p != self.id)
         if rd.committed:
             self.log.applied_to(rd.committed[-1].index)
         self._ready_out = False
@@ -362,7 +366,7 @@ class RaftCore:
         for p in self.peers:
             pr = Progress(nxt, self.config.max_inflight_msgs, self.config.max_inflight_bytes)
             if p == self.id:
-                pr.match = self.log.last_index
+                pr.match = self.log.stable
                 pr.become_replicate()
             pr.recent_active = True
             self.progress[p] = pr
@@ -512,11 +516,10 @@ class RaftCore:
     # Replication
     # ------------------------------------------------------------------
     def _append(self, entries: list[Entry]) -> None:
+        # The leader's own copy counts toward a quorum only once it is durable
+        # (see advance()), so its appends may be sent before its own fsync.
         self.log.append(entries)
-        self.progress[self.id].maybe_update(self.log.last_index)
         self._dirty.update(p for p in self.peers if p != self.id)
-        if self.quorum == 1:
-            self._maybe_commit()
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:

@@ -125,7 +125,8 @@ class Ready:
 
     The driver must, in this order: persist `hard_state` (if not None) and
     `entries` (appending `entries` truncates any stored suffix from
-    `entries[0].index` on) and fsync them; then send `messages`; then apply
+    `entries[0].index` on) and fsync them; then send `messages` (or send them
+    first when `early_send` is set); then apply
     `committed`; then release `read_states` once applied reaches their index;
     then call `advance(ready)`.
     """
@@ -136,6 +137,11 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     soft_state: tuple[int, int] | None = None  # (leader, role) when it changed
+    # A leader whose term and vote are already durable may send `messages`
+    # before persisting `entries` (Raft thesis §10.2.1): it counts its own copy
+    # toward a quorum only after `advance()`, and nothing it sends claims
+    # durability of its own.
+    early_send: bool = False
 
     @property
     def must_sync(self) -> bool:

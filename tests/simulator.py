@@ -65,6 +65,7 @@ class Simulator:
         self.dup = dup
         self.max_delay = max_delay
         self.crash_unsynced = crash_unsynced
+        self.crash_before_sync = 0.0  # chance a leader dies between early send and fsync
         self.config_overrides = config
         self.peers = tuple(range(1, n + 1))
         self.nodes = {i: SimNode(i, MemoryStorage()) for i in self.peers}
@@ -96,11 +97,15 @@ class Simulator:
         node.applied = {}  # the state machine is rebuilt from the log
         node.checked_commit = min(node.checked_commit, node.core.log.committed)
 
-    def crash(self, i: int) -> None:
+    def crash(self, i: int, unsynced_ready=None) -> None:
         node = self.nodes[i]
         if node.core is None:
             return
-        if self.rng.random() < self.crash_unsynced and node.core.has_ready():
+        if unsynced_ready is not None:
+            if unsynced_ready.hard_state is not None:
+                node.storage.set_hard_state(unsynced_ready.hard_state)
+            node.storage.append(unsynced_ready.entries)
+        elif self.rng.random() < self.crash_unsynced and node.core.has_ready():
             # Die after writing a Ready but before its fsync: the write is lost.
             rd = node.core.ready()
             if rd.hard_state is not None:
@@ -156,12 +161,20 @@ class Simulator:
         for e in rd.entries:
             prev = core.log.term(e.index - 1)
             self._check_entry(e, prev if prev is not None else -1)
+        if rd.early_send:
+            for m in rd.messages:
+                self._send(m)
+            if rd.entries and self.rng.random() < self.crash_before_sync:
+                # The leader's appends are out, its own fsync never happens.
+                self.crash(i, unsynced_ready=rd)
+                return
         if rd.hard_state is not None:
             node.storage.set_hard_state(rd.hard_state)
         node.storage.append(rd.entries)
         node.storage.sync()
-        for m in rd.messages:
-            self._send(m)
+        if not rd.early_send:
+            for m in rd.messages:
+                self._send(m)
         for e in rd.committed:
             self._apply(node, e)
         for rs in rd.read_states:
@@ -320,6 +333,7 @@ class Simulator:
         """Heal everything, restart the dead, and require progress within a bound."""
         self.heal()
         self.drop = 0.0
+        self.crash_before_sync = 0.0
         for i, node in self.nodes.items():
             if node.core is None:
                 self.restart(i)
@@ -362,6 +376,7 @@ def random_run(seed: int, ticks: int = 120) -> Simulator:
     n = rng.choice((3, 3, 5))
     sim = Simulator(n, seed, drop=rng.choice((0.0, 0.02, 0.1)), dup=rng.choice((0.0, 0.05)),
                     max_delay=rng.choice((2, 5, 15)))
+    sim.crash_before_sync = rng.choice((0.0, 0.01))
     for unit in range(ticks * UNITS_PER_TICK):
         r = sim.rng.random()
         if r < 0.004:
