@@ -1,0 +1,21 @@
+"""The raftkv user API: `connect(name)` and the request types for transactions."""
+
+from client.client import Client, connect
+from kv import Compare, DeleteRange, KeyValue, Put, Range, Txn, prefix_end
+from kv.errors import (
+    ClientClosed,
+    ClusterNotFound,
+    Compacted,
+    CompareFailed,
+    InvalidRequest,
+    NotLeader,
+    RaftKVError,
+    RequestTooLarge,
+    Unavailable,
+)
+
+__all__ = [
+    "Client", "ClientClosed", "ClusterNotFound", "Compacted", "Compare", "CompareFailed", "DeleteRange",
+    "InvalidRequest", "KeyValue", "NotLeader", "Put", "RaftKVError", "Range", "RequestTooLarge", "Txn",
+    "Unavailable", "connect", "prefix_end",
+]

@@ -1,6 +1,8 @@
 """Raft replicas: the sans-IO core, the durable log, and (next) the Ray actors."""
 
+from raft_actors.cluster import Cluster, ClusterExists, get_cluster, start_cluster
 from raft_actors.core import Config, RaftCore, Role
+from raft_actors.node import NodeOptions
 from raft_actors.storage import LogStorage, MemoryStorage
 from raft_actors.types import (
     NONE,
@@ -16,6 +18,7 @@ from raft_actors.types import (
 )
 
 __all__ = [
+    "Cluster", "ClusterExists", "NodeOptions", "get_cluster", "start_cluster",
     "NONE", "Config", "Entry", "EntryKind", "HardState", "LogStorage", "MemoryStorage", "Message",
     "MessageType", "PersistedState", "RaftCore", "ReadState", "Ready", "Role", "SnapshotMeta",
 ]

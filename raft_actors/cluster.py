@@ -1,0 +1,268 @@
+"""Starting, finding, faulting and stopping a cluster of replica actors.
+
+A cluster is N `RaftNode` actors named `raftkv/<name>/<i>` in a Ray namespace
+(default "raftkv"), so any job attached to the same Ray cluster finds them by
+name. Replica i keeps its log under `<data_dir>/replica-<i>`; starting a
+cluster again with the same name and data directory brings its data back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray
+import structlog
+
+from kv.errors import ClusterNotFound, InvalidRequest, RaftKVError, StorageError, Unavailable
+from raft_actors.node import NodeOptions, RaftNode, actor_name
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_NAMESPACE = "raftkv"
+
+
+class ClusterExists(RaftKVError):
+    """A cluster of that name is already running; `connect` to it or stop it first."""
+
+
+def default_data_dir(name: str) -> str:
+    return os.path.join(tempfile.gettempdir(), "raftkv", name)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or "/" in name or len(name) > 200:
+        raise InvalidRequest(f"cluster name must be a non-empty str without '/', got {name!r}")
+    return name
+
+
+class Cluster:
+    """Handle on a running cluster: lifecycle, fault injection and status.
+
+    Replicas are addressed by index, 0 .. replicas-1.
+    """
+
+    def __init__(self, name: str, replicas: int, data_dir: str, namespace: str, detached: bool,
+                 options: NodeOptions) -> None:
+        self.name = name
+        self.replicas = replicas
+        self.data_dir = data_dir
+        self.namespace = namespace
+        self.detached = detached
+        self.options = options
+        self._handles: dict[int, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------
+    def _spawn(self, index: int) -> Any:
+        opts: dict[str, Any] = dict(
+            name=actor_name(self.name, index),
+            namespace=self.namespace,
+            num_cpus=0,
+            max_restarts=0,
+            max_task_retries=0,
+            max_concurrency=10_000,
+            scheduling_strategy="SPREAD",
+        )
+        if self.detached:
+            opts["lifetime"] = "detached"
+        handle = ray.remote(RaftNode).options(**opts).remote(
+            self.name, index, self.replicas, self.namespace, self.data_dir, self.options, self.detached)
+        self._handles[index] = handle
+        return handle
+
+    def _start(self, indices: list[int], timeout: float = 60.0) -> None:
+        refs = [self._spawn(i).start.remote() for i in indices]
+        try:
+            ray.get(refs, timeout=timeout)
+        except ray.exceptions.RayActorError as exc:
+            # The actor's constructor failed: most often a corrupt or unreadable log.
+            for i in indices:
+                self._kill(i)
+            raise StorageError(f"replica of cluster {self.name!r} failed to start: {exc}") from exc
+
+    def handle(self, index: int) -> Any:
+        """The actor handle of replica `index` (raises if it is down)."""
+        self._check_index(index)
+        if index not in self._handles:
+            self._handles[index] = ray.get_actor(actor_name(self.name, index), namespace=self.namespace)
+        return self._handles[index]
+
+    def kill_replica(self, index: int) -> None:
+        """Kill replica `index`'s actor at once (like a crash: no graceful close)."""
+        self._check_index(index)
+        self._kill(index)
+        log.info("cluster.kill", cluster=self.name, replica=index)
+
+    def restart_replica(self, index: int, timeout: float = 60.0) -> None:
+        """Start replica `index` again from its data directory (kill it first if running)."""
+        self._check_index(index)
+        self._kill(index)
+        self._wait_gone(index)
+        self._start([index], timeout)
+        log.info("cluster.restart", cluster=self.name, replica=index)
+
+    def stop(self) -> None:
+        """Close every replica gracefully (logs flushed), then kill the actors."""
+        refs = []
+        for i in range(self.replicas):
+            try:
+                refs.append(self.handle(i).close.remote())
+            except ValueError:
+                continue
+        try:
+            ray.get(refs, timeout=30)
+        except Exception as exc:  # a replica already dead: nothing to flush
+            log.warning("cluster.stop_close_failed", cluster=self.name, error=str(exc))
+        for i in range(self.replicas):
+            self._kill(i)
+        for i in range(self.replicas):
+            self._wait_gone(i)
+        log.info("cluster.stopped", cluster=self.name)
+
+    # -- fault injection -------------------------------------------------
+    def partition(self, groups: list[list[int]]) -> None:
+        """Cut the network between groups of replica indices (both ways).
+
+        A replica in no group is cut off from everyone.
+        """
+        where: dict[int, int] = {}
+        for g, members in enumerate(groups):
+            for i in members:
+                self._check_index(i)
+                where[i] = g
+        refs = []
+        for i in range(self.replicas):
+            blocked = [j for j in range(self.replicas) if j != i and where.get(i, -1 - i) != where.get(j, -100 - j)]
+            try:
+                refs.append(self.handle(i).set_faults.remote(blocked))
+            except ValueError:
+                continue
+        ray.get(refs, timeout=30)
+
+    def heal(self) -> None:
+        """Undo `partition` and every other injected fault."""
+        self.partition([list(range(self.replicas))])
+
+    # -- status ----------------------------------------------------------
+    def status(self, timeout: float = 5.0) -> list[dict]:
+        """One mapping per replica: role, term, commit_index, applied_index, leader...
+
+        A replica that does not answer shows role "down".
+        """
+        out: list[dict] = []
+        for i in range(self.replicas):
+            try:
+                out.append(ray.get(self.handle(i).status.remote(), timeout=timeout))
+            except Exception:
+                self._handles.pop(i, None)
+                out.append({"replica": i, "role": "down", "term": None, "leader": None,
+                            "commit_index": None, "applied_index": None})
+        return out
+
+    def leader(self, timeout: float = 10.0) -> int:
+        """Wait for a leader and return its index; raises Unavailable after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for s in self.status(timeout=2.0):
+                if s["role"] == "leader":
+                    return s["replica"]
+            if time.monotonic() > deadline:
+                raise Unavailable(f"cluster {self.name!r} has no leader after {timeout} s")
+            time.sleep(0.05)
+
+    # -- helpers -----------------------------------------------------------
+    def _check_index(self, index: int) -> None:
+        if not isinstance(index, int) or not 0 <= index < self.replicas:
+            raise InvalidRequest(f"replica index must be in 0..{self.replicas - 1}, got {index!r}")
+
+    def _kill(self, index: int) -> None:
+        try:
+            handle = self._handles.pop(index, None) or ray.get_actor(actor_name(self.name, index), namespace=self.namespace)
+        except ValueError:
+            return
+        ray.kill(handle, no_restart=True)
+
+    def _wait_gone(self, index: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(actor_name(self.name, index), namespace=self.namespace)
+            except ValueError:
+                return
+            time.sleep(0.05)
+        raise Unavailable(f"replica {index} of {self.name!r} did not stop within {timeout} s")
+
+    def __repr__(self) -> str:
+        return f"Cluster(name={self.name!r}, replicas={self.replicas}, data_dir={self.data_dir!r})"
+
+
+def start_cluster(name: str, replicas: int = 3, data_dir: str | None = None, *, detached: bool = False,
+                  namespace: str = DEFAULT_NAMESPACE, options: NodeOptions | None = None,
+                  wait_for_leader: bool = True) -> Cluster:
+    """Start (or bring back from `data_dir`) a cluster of `replicas` Raft replicas.
+
+    Args:
+        name: cluster name; clients `connect(name)` with it.
+        replicas: number of voting replicas (an odd number: 3 or 5).
+        data_dir: where replicas keep their logs (default: <tmp>/raftkv/<name>).
+            Starting again with the same directory recovers the data.
+        detached: keep the cluster running after this job ends.
+        namespace: Ray namespace of the replica actors.
+        options: replica timing (see NodeOptions).
+        wait_for_leader: block until a leader is elected.
+    Returns:
+        A `Cluster` handle.
+    Raises:
+        ClusterExists: a cluster of this name is running in the namespace.
+        StorageError: a replica could not open its log (e.g. corrupt data).
+        InvalidRequest: bad arguments.
+    """
+    _check_name(name)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 9:
+        raise InvalidRequest(f"replicas must be an int in 1..9, got {replicas!r}")
+    if not ray.is_initialized():
+        ray.init(namespace=namespace, log_to_driver=True)
+    for i in range(replicas):
+        try:
+            ray.get_actor(actor_name(name, i), namespace=namespace)
+        except ValueError:
+            continue
+        raise ClusterExists(f"cluster {name!r} is already running in namespace {namespace!r}; "
+                            f"use client.connect({name!r}) or stop it first")
+    data_dir = os.path.abspath(data_dir or default_data_dir(name))
+    os.makedirs(data_dir, exist_ok=True)
+    cluster = Cluster(name, replicas, data_dir, namespace, detached, options or NodeOptions())
+    cluster._start(list(range(replicas)))
+    if wait_for_leader:
+        cluster.leader(timeout=30.0)
+    log.info("cluster.started", cluster=name, replicas=replicas, data_dir=data_dir)
+    return cluster
+
+
+def get_cluster(name: str, namespace: str = DEFAULT_NAMESPACE) -> Cluster:
+    """A `Cluster` handle on a running cluster started elsewhere.
+
+    Raises:
+        ClusterNotFound: no replica of that name answers in the namespace.
+    """
+    _check_name(name)
+    if not ray.is_initialized():
+        ray.init(address="auto", namespace=namespace)
+    try:
+        first = ray.get_actor(actor_name(name, 0), namespace=namespace)
+    except ValueError:
+        first = None
+    info = None
+    for i in range(9):
+        try:
+            h = first if i == 0 and first is not None else ray.get_actor(actor_name(name, i), namespace=namespace)
+            info = ray.get(h.describe.remote(), timeout=10)
+            break
+        except Exception:
+            continue
+    if info is None:
+        raise ClusterNotFound(f"no cluster named {name!r} in Ray namespace {namespace!r}; start it with "
+                              f"raft_actors.start_cluster({name!r})")
+    return Cluster(name, info["replicas"], info["data_dir"], namespace, info["detached"], info["options"])

@@ -1,0 +1,394 @@
+"""The replica: an async Ray actor that drives one Raft core.
+
+Theory of operation
+-------------------
+A `RaftNode` owns one `RaftCore`, one durable log (`FileStorage`) and one
+state machine (`KVStateMachine`). Everything that touches the core runs on the
+actor's event loop, so the core needs no locks. One loop task does the work:
+
+1. wait until something happened (a message, a proposal, a read) or a tick
+   is due; turn elapsed monotonic time into `core.tick()` calls;
+2. take the core's `Ready`;
+3. **persist before send**: hard state and entries are written and fsynced on
+   a single writer thread (the event loop stays free meanwhile; everything
+   that arrived during one fsync goes into the next: group commit);
+4. send the messages (one actor call per peer per Ready);
+5. apply committed entries and answer the clients waiting on them;
+6. release linearizable reads whose read index is applied; `advance()`.
+
+Clients call `submit` (a batch of write commands, proposed as one entry) and
+`query` (a batch of reads: linearizable through ReadIndex on the leader, or
+serializable from local state). Both answer `("ok", results)` or
+`("not_leader", leader_index)` or `("timeout", None)`; the client retries.
+Peers call `receive`. Ray-level retries are off for all of these: Raft and the
+client's request ids do the retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from kv import KVStateMachine, encode_batch
+from kv.errors import NotLeader
+from raft_actors.core import Config, RaftCore, Role
+from raft_actors.transport import Transport
+from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, Ready
+from raft_actors.wal import FileStorage
+
+log = structlog.get_logger(__name__)
+
+
+def actor_name(cluster: str, index: int) -> str:
+    """The Ray actor name of replica `index` (0-based) of `cluster`."""
+    return f"raftkv/{cluster}/{index}"
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Timing and limits of a replica. Defaults suit one machine; raise the
+    tick for multi-node clusters on slow networks.
+
+    Attributes:
+        tick_ms: length of one Raft tick.
+        election_ticks: election timeout in ticks (randomized up to 2x).
+        heartbeat_ticks: leader heartbeat interval in ticks.
+        request_timeout_s: how long a replica waits for a proposal to commit
+            or a read index to be confirmed before answering "timeout".
+        log_level: structlog level inside the replica processes.
+    """
+
+    tick_ms: int = 30
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    request_timeout_s: float = 5.0
+    log_level: str = "warning"
+
+
+class RaftNode:
+    """One Raft replica as an async Ray actor. See the module docstring."""
+
+    def __init__(self, cluster: str, index: int, replicas: int, namespace: str, data_dir: str,
+                 options: NodeOptions | None = None, detached: bool = False) -> None:
+        self.detached = detached
+        self.opts = options or NodeOptions()
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, self.opts.log_level.upper(), logging.WARNING)))
+        self.cluster = cluster
+        self.index = index
+        self.replicas = replicas
+        self.namespace = namespace
+        self.id = index + 1  # Raft ids are positive
+        self.data_dir = os.path.join(data_dir, f"replica-{index}")
+        self.storage = FileStorage(self.data_dir)
+        persisted = self.storage.load()
+        config = Config(id=self.id, peers=tuple(range(1, replicas + 1)), election_tick=self.opts.election_ticks,
+                        heartbeat_tick=self.opts.heartbeat_ticks)
+        self.core = RaftCore(config, persisted, random.Random(int.from_bytes(os.urandom(8), "little")))
+        self.sm = KVStateMachine()
+        self.transport = Transport(self.id, self._resolve_peer)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{index}")
+        self._waiters: dict[int, tuple[asyncio.Future, int]] = {}  # log index -> (future, term)
+        self._read_waiters: dict[bytes, asyncio.Future] = {}  # ReadIndex context -> future
+        self._apply_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
+        self._ctx = itertools.count(1)
+        self._durable_hs: HardState | None = persisted.hard_state
+        self._durable_hs_at = time.monotonic()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.stats = {"readies": 0, "fsyncs": 0, "entries": 0, "proposals": 0}
+        log.info("replica.open", replica=index, term=persisted.hard_state.term,
+                 index=persisted.entries[-1].index if persisted.entries else persisted.snapshot.index)
+
+    # ------------------------------------------------------------------
+    # Peer and operator RPCs
+    # ------------------------------------------------------------------
+    async def start(self) -> bool:
+        self._ensure_started()
+        return True
+
+    async def describe(self) -> dict:
+        """What a client or operator needs to find and manage the cluster."""
+        return {"name": self.cluster, "replicas": self.replicas, "namespace": self.namespace,
+                "data_dir": os.path.dirname(self.data_dir), "detached": self.detached, "options": self.opts}
+
+    async def ping(self) -> None:
+        """No-op: the Ray round-trip baseline of the benchmark."""
+        return None
+
+    async def receive(self, src: int, messages: list[Message]) -> None:
+        """Raft messages from peer `src` (one call per peer per Ready)."""
+        self._ensure_started()
+        if self._closed or not self.transport.accepts(src):
+            return
+        for m in messages:
+            self.core.step(m)
+        self._wake.set()
+
+    async def set_faults(self, blocked: list[int], drop_rate: float = 0.0, delay: float = 0.0) -> None:
+        """Fault injection: cut this replica off from replica indices `blocked`."""
+        self.transport.set_faults([b + 1 for b in blocked], drop_rate, delay)
+
+    async def status(self) -> dict:
+        s = self.core.status()
+        leader = s["leader"]
+        return {
+            "replica": self.index,
+            "name": actor_name(self.cluster, self.index),
+            "role": s["role"],
+            "term": s["term"],
+            "leader": leader - 1 if leader != NONE else None,
+            "commit_index": s["commit_index"],
+            "applied_index": s["applied_index"],
+            "last_index": s["last_index"],
+            "revision": self.sm.revision,
+            "data_dir": self.data_dir,
+            "stats": dict(self.stats),
+        }
+
+    async def transfer_leadership(self, to_index: int) -> None:
+        """Move leadership to replica `to_index` once it has caught up."""
+        self.core.transfer_leadership(to_index + 1)
+        self._wake.set()
+
+    async def campaign(self) -> None:
+        """Start an election now (operator use and tests)."""
+        self._ensure_started()
+        self.core.campaign()
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the loop, fail waiting clients, close the log. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self._fail_waiters(NotLeader("replica closed"))
+        await self.transport.close()
+        await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
+        self._io.shutdown(wait=True)
+        log.info("replica.closed", replica=self.index, term=self.core.term)
+
+    # ------------------------------------------------------------------
+    # Client RPCs
+    # ------------------------------------------------------------------
+    async def submit(self, commands: list) -> tuple[str, Any]:
+        """Propose a batch of write commands as one log entry; answer when applied.
+
+        Returns ("ok", results) with one result (a response, or an exception
+        instance for a command that failed deterministically) per command;
+        ("not_leader", leader_index_or_None); or ("timeout", None), in which
+        case the commands may or may not have been applied (retry with the same
+        request ids: the state machine applies each at most once).
+        """
+        self._ensure_started()
+        core = self.core
+        if core.role != Role.LEADER or core.lead_transferee != NONE or self._closed:
+            return ("not_leader", self._leader_index())
+        data = encode_batch(commands, time.time())
+        index = core.propose([data])
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (fut, core.term)
+        self.stats["proposals"] += 1
+        self._wake.set()
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(fut, self.opts.request_timeout_s)
+        except NotLeader:
+            return ("not_leader", self._leader_index())
+        except asyncio.TimeoutError:
+            return ("timeout", None)
+        self.stats["commit_wait_ms"] = self.stats.get("commit_wait_ms", 0) + (time.perf_counter() - t0) * 1000
+        return ("ok", results)
+
+    async def query(self, ops: list, linearizable: bool = True) -> tuple[str, Any]:
+        """Run a batch of reads.
+
+        Linearizable (the default): on the leader only, after a ReadIndex
+        round confirms leadership and the read index is applied, so the reads
+        see every write acknowledged before the call. Serializable: from this
+        replica's applied state at once (may be stale).
+        """
+        self._ensure_started()
+        if linearizable:
+            if self.core.role != Role.LEADER or self._closed:
+                return ("not_leader", self._leader_index())
+            ctx = next(self._ctx).to_bytes(8, "little")
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._read_waiters[ctx] = fut
+            self.core.read_index(ctx)
+            self._wake.set()
+            try:
+                await asyncio.wait_for(fut, self.opts.request_timeout_s)
+            except NotLeader:
+                return ("not_leader", self._leader_index())
+            except asyncio.TimeoutError:
+                self._read_waiters.pop(ctx, None)
+                return ("timeout", None)
+        term = self.core.term
+        results = []
+        for op in ops:
+            try:
+                results.append(self.sm.read(op, term))
+            except Exception as exc:  # typed, deterministic read errors go back per op
+                results.append(exc)
+        return ("ok", results)
+
+    # ------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._task is None and not self._closed:
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick_s = self.opts.tick_ms / 1000.0
+        next_tick = loop.time() + tick_s
+        try:
+            while not self._closed:
+                delay = next_tick - loop.time()
+                if delay > 0 and not self._wake.is_set():
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                self._wake.clear()
+                now = loop.time()
+                if now >= next_tick:
+                    # One tick per wake-up at most: after a stall we would rather
+                    # lose time than fire a burst of elections.
+                    self.core.tick()
+                    next_tick = max(next_tick + tick_s, now + tick_s / 2)
+                while self.core.has_ready() and not self._closed:
+                    await self._handle_ready(loop)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("replica.loop_failed", replica=self.index, term=self.core.term)
+            self._closed = True
+            self._fail_waiters(NotLeader("replica failed"))
+
+    async def _handle_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        rd = self.core.ready()
+        self.stats["readies"] += 1
+        if rd.early_send and rd.messages:
+            self.transport.send(rd.messages)  # a leader's appends go out while it fsyncs
+        hard_state = self._hard_state_to_write(rd.hard_state, bool(rd.entries))
+        if hard_state is not None or rd.entries:
+            t0 = time.perf_counter()
+            await loop.run_in_executor(self._io, self._persist, hard_state, rd.entries)
+            self.stats["persist_ms"] = self.stats.get("persist_ms", 0) + (time.perf_counter() - t0) * 1000
+            self.stats["fsyncs"] += 1
+            self.stats["entries"] += len(rd.entries)
+        if rd.messages and not rd.early_send:
+            self.transport.send(rd.messages)
+        if rd.committed:
+            self._apply(rd.committed)
+        for rs in rd.read_states:
+            fut = self._read_waiters.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                if self.core.log.applied >= rs.index or rs.index <= (rd.committed[-1].index if rd.committed else 0):
+                    fut.set_result(rs.index)
+                else:
+                    self._apply_waiters.append((rs.index, fut))
+        if rd.soft_state is not None:
+            lead, role = rd.soft_state
+            log.info("replica.role", replica=self.index, term=self.core.term, role=Role(role).name.lower(),
+                     leader=lead - 1 if lead else None)
+            if role != Role.LEADER:
+                self._fail_waiters(NotLeader("leadership changed", lead))
+        self.core.advance(rd)
+
+    def _hard_state_to_write(self, hs: HardState | None, with_entries: bool) -> HardState | None:
+        """Which hard state must reach disk with this Ready.
+
+        Term and vote must be durable before any message leaves (a vote given
+        twice in one term breaks election safety). The commit index need not
+        be: after a restart it is learned again from the leader, and only the
+        replay of the state machine starts lower. So a commit-only change is
+        written when entries are being synced anyway, or once a second, rather
+        than costing an atomic file replace (three fsyncs) per commit.
+        """
+        if hs is None:
+            return None
+        last = self._durable_hs
+        if last is not None and hs.term == last.term and hs.vote == last.vote:
+            now = time.monotonic()
+            if not with_entries and now - self._durable_hs_at < 1.0:
+                return None
+        self._durable_hs = hs
+        self._durable_hs_at = time.monotonic()
+        return hs
+
+    def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        if entries:
+            self.storage.append(entries)
+        if hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+        self.storage.sync()
+
+    def _apply(self, entries: list[Entry]) -> None:
+        applied = 0
+        for e in entries:
+            results: list = []
+            if e.kind == EntryKind.NORMAL and e.data:
+                results = self.sm.apply(e.index, e.term, e.data)
+            applied = e.index
+            waiter = self._waiters.pop(e.index, None)
+            if waiter is not None:
+                fut, term = waiter
+                if fut.done():
+                    continue
+                if term == e.term:
+                    fut.set_result(results)
+                else:
+                    fut.set_exception(NotLeader("entry replaced by a newer leader", self.core.lead))
+        if self._apply_waiters:
+            still = []
+            for index, fut in self._apply_waiters:
+                if index <= applied:
+                    if not fut.done():
+                        fut.set_result(index)
+                else:
+                    still.append((index, fut))
+            self._apply_waiters = still
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for fut, _ in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters.clear()
+        for fut in self._read_waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._read_waiters.clear()
+        for _, fut in self._apply_waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._apply_waiters.clear()
+
+    def _leader_index(self) -> int | None:
+        lead = self.core.lead
+        return lead - 1 if lead != NONE and lead != self.id else None
+
+    def _resolve_peer(self, peer_id: int) -> Any:
+        import ray
+
+        try:
+            return ray.get_actor(actor_name(self.cluster, peer_id - 1), namespace=self.namespace)
+        except ValueError:
+            return None
