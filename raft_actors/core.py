@@ -291,8 +291,7 @@ class RaftCore:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
             if self.role == Role.LEADER and self.progress[self.id].maybe_update(self.log.stable):
-                if self._maybe_commit():
-                    self._dirty.update(p for p in self.peers if p != self.id)
+                self._maybe_commit()
         if rd.committed:
             self.log.applied_to(rd.committed[-1].index)
         self._ready_out = False
@@ -497,9 +496,11 @@ class RaftCore:
             if pr.maybe_update(m.index):
                 if pr.state == ProgressState.PROBE:
                     pr.become_replicate()
-                if self._maybe_commit():
-                    self._dirty.update(p for p in self.peers if p != self.id)
-                elif old_paused or pr.next <= self.log.last_index:
+                # A new commit index is not broadcast on its own: it rides on
+                # the next append or heartbeat (followers need it only to
+                # apply; that halves the messages per write under load).
+                self._maybe_commit()
+                if old_paused or pr.next <= self.log.last_index:
                     self._dirty.add(m.src)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index:
                     self._send(Message(MT.TIMEOUT_NOW, self.id, m.src, term=self.term))

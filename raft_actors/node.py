@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, Ready
 from raft_actors.wal import FileStorage
 
 log = structlog.get_logger(__name__)
+
+
+INLINE_PERSIST_BYTES = 256 * 1024
 
 
 def actor_name(cluster: str, index: int) -> str:
@@ -81,6 +85,9 @@ class RaftNode:
                  options: NodeOptions | None = None, detached: bool = False) -> None:
         self.detached = detached
         self.opts = options or NodeOptions()
+        # The event loop shares the GIL with Ray's threads and the WAL writer;
+        # the default 5 ms switch interval would add up to 5 ms to every hand-off.
+        sys.setswitchinterval(0.0005)
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, self.opts.log_level.upper(), logging.WARNING)))
         self.cluster = cluster
@@ -202,14 +209,12 @@ class RaftNode:
         self._waiters[index] = (fut, core.term)
         self.stats["proposals"] += 1
         self._wake.set()
-        t0 = time.perf_counter()
         try:
             results = await asyncio.wait_for(fut, self.opts.request_timeout_s)
         except NotLeader:
             return ("not_leader", self._leader_index())
         except asyncio.TimeoutError:
             return ("timeout", None)
-        self.stats["commit_wait_ms"] = self.stats.get("commit_wait_ms", 0) + (time.perf_counter() - t0) * 1000
         return ("ok", results)
 
     async def query(self, ops: list, linearizable: bool = True) -> tuple[str, Any]:
@@ -289,9 +294,15 @@ class RaftNode:
             self.transport.send(rd.messages)  # a leader's appends go out while it fsyncs
         hard_state = self._hard_state_to_write(rd.hard_state, bool(rd.entries))
         if hard_state is not None or rd.entries:
-            t0 = time.perf_counter()
-            await loop.run_in_executor(self._io, self._persist, hard_state, rd.entries)
-            self.stats["persist_ms"] = self.stats.get("persist_ms", 0) + (time.perf_counter() - t0) * 1000
+            # One write and one fdatasync for everything this Ready gathered
+            # (group commit). A small one is done inline: handing it to the
+            # writer thread costs more in GIL hand-offs (measured: ~1 ms under
+            # load) than the fdatasync itself (~0.15 ms). Large ones go to the
+            # writer thread so the loop keeps serving meanwhile.
+            if sum(len(e.data) for e in rd.entries) < INLINE_PERSIST_BYTES:
+                self._persist(hard_state, rd.entries)
+            else:
+                await loop.run_in_executor(self._io, self._persist, hard_state, rd.entries)
             self.stats["fsyncs"] += 1
             self.stats["entries"] += len(rd.entries)
         if rd.messages and not rd.early_send:
