@@ -46,7 +46,7 @@ from kv import (
     TxnResponse,
     prefix_end,
 )
-from kv.errors import ClientClosed, ClusterNotFound, InvalidRequest, RaftKVError, Unavailable
+from kv.errors import ClientClosed, ClusterNotFound, InvalidRequest, RaftKVError, SessionExpired, Unavailable
 from kv.limits import DEFAULT_LIMITS, Limits
 from kv.validation import validate
 from raft_actors.cluster import DEFAULT_NAMESPACE
@@ -331,19 +331,36 @@ class Client:
     async def _send_writes(self, batch: list[_Pending]) -> None:
         # Sequence numbers are drawn here, on the loop thread, in dispatch order:
         # then `ack` (the lowest unanswered seq) can never pass a seq still queued.
+        session, outstanding = self.client_id, self._outstanding
         seqs = [next(self._seq) for _ in batch]
-        self._outstanding.update(seqs)
-        ack = min(self._outstanding)
-        commands = [Command(self.client_id, seq, ack, p.item) for seq, p in zip(seqs, batch)]
+        outstanding.update(seqs)
+        ack = min(outstanding)
+        commands = [Command(session, seq, ack, p.item) for seq, p in zip(seqs, batch)]
         try:
             results = await self._route("submit", (commands,), leader_only=True)
+            expired = [i for i, r in enumerate(results) if isinstance(r, SessionExpired)]
+            if expired:
+                # The cluster forgot our session (idle past its TTL); those
+                # commands were not applied. Start a new session and resend.
+                if session == self.client_id:
+                    self._new_session()
+                self._writes.extendleft(reversed([batch[i] for i in expired]))
+                gone = set(expired)
+                batch = [p for i, p in enumerate(batch) if i not in gone]
+                results = [r for i, r in enumerate(results) if i not in gone]
             _settle(batch, results)
         except BaseException as exc:
             _fail(batch, exc)
         finally:
-            self._outstanding.difference_update(seqs)
+            outstanding.difference_update(seqs)
             self._inflight["w"] -= 1
             self._dispatch("w")
+
+    def _new_session(self) -> None:
+        log.info("client.new_session", cluster=self.name, old=self.client_id)
+        self.client_id = uuid.uuid4().hex
+        self._seq = itertools.count(1)
+        self._outstanding = set()
 
     async def _send_reads(self, batch: list[_Pending], serializable: bool) -> None:
         try:

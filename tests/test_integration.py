@@ -358,3 +358,20 @@ def test_retried_write_is_applied_exactly_once(cluster, c):
     # a different seq is a new write
     s3, r3 = ray.get(leader.submit.remote([Command(cid, 2, 2, Put("once", "v"))]))
     assert s3 == "ok" and c.get("once").version == 2
+
+
+def test_client_recovers_when_the_cluster_forgot_its_session(cluster, c):
+    c.put("sess", "1")
+    leader = cluster.handle(cluster.leader())
+    # What an idle-expired session looks like to the state machine: an unknown
+    # client id that says it already has results (ack > 1).
+    status, res = ray.get(leader.submit.remote([Command("forgotten-client", 7, 7, Put("sess", "x"))]))
+    from kv.errors import SessionExpired
+
+    assert status == "ok" and isinstance(res[0], SessionExpired)
+    assert c.get("sess").value == "1"  # not applied
+    c.client_id = "forgotten-client"  # make our client that forgotten session
+    c._seq = iter(range(7, 10**9))
+    c._outstanding = set()
+    c.put("sess", "2")  # gets SessionExpired, starts a new session, resends
+    assert c.get("sess").value == "2" and c.client_id != "forgotten-client"
