@@ -586,5 +586,10 @@ def connect(name: str, *, namespace: str = DEFAULT_NAMESPACE, timeout: float = 1
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"cluster name must be a non-empty str, got {name!r}")
     if not ray.is_initialized():
-        ray.init(address=address or "auto", namespace=namespace, log_to_driver=False)
+        try:
+            ray.init(address=address or "auto", namespace=namespace, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ClusterNotFound(f"no running Ray cluster at {address or 'auto'!r} ({exc}); start one with "
+                                  f"`ray start --head`, or start raftkv inside this job with "
+                                  f"raft_actors.start_cluster({name!r})") from exc
     return Client(name, namespace, timeout)

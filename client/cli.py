@@ -1,0 +1,310 @@
+"""`raftkv`: the command line, in the spirit of etcdctl.
+
+    raftkv demo                              the quickstart tour (own Ray instance)
+    raftkv bench [--json] [--seconds N] ...  end-to-end figures (own Ray instance)
+    raftkv bench-core                        Raft core, simulator and WAL figures (no Ray)
+    raftkv start NAME [--replicas 3] [--data-dir D]   a detached cluster on a running Ray cluster
+    raftkv stop NAME
+    raftkv put KEY VALUE
+    raftkv get KEY [--prefix] [--serializable] [--rev N] [--keys-only] [--json]
+    raftkv del KEY [--prefix]
+    raftkv status
+
+Commands that talk to a cluster attach to a running Ray cluster (`ray start
+--head` first; `--address`, default "auto") unless Ray is already initialized
+in this process, and take `--name` (default "default") and `--namespace`
+(default "raftkv").
+
+Exit codes: 0 on success; 1 on a raftkv error (printed as `Error: ...` on
+stderr) or when no Ray cluster is running; 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any, Sequence
+
+import structlog
+
+from kv.errors import RaftKVError
+
+DEFAULT_NAME = "default"
+DEFAULT_ADDRESS = "auto"
+DEFAULT_NAMESPACE = "raftkv"
+
+
+class NoRayCluster(RaftKVError):
+    """No Ray cluster answers at the given address."""
+
+
+# -- output helpers -------------------------------------------------------------
+def show(value: Any) -> str:
+    """A key or value as printed: str as is, utf-8 bytes decoded, other bytes as a repr."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(bytes(value))
+    return repr(value)
+
+
+def _kv_json(kv: Any, keys_only: bool) -> dict:
+    d = {"key": show(kv.key), "create_revision": kv.create_revision, "mod_revision": kv.mod_revision,
+         "version": kv.version, "lease": kv.lease}
+    if not keys_only:
+        d["value"] = show(kv.value)
+    return d
+
+
+def format_status(statuses: list[dict]) -> str:
+    """The `status` table: replica, role, term, leader, commit, applied."""
+    header = ("replica", "role", "term", "leader", "commit", "applied")
+    rows = [header]
+    for s in statuses:
+        rows.append(tuple("-" if v is None else str(v) for v in (
+            s.get("replica"), s.get("role", "down"), s.get("term"), s.get("leader"),
+            s.get("commit_index"), s.get("applied_index"))))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# -- attaching to Ray -----------------------------------------------------------
+def _attach(address: str, namespace: str) -> bool:
+    """Connect this process to a running Ray cluster; True if we did (so we shut it down).
+
+    Raises:
+        NoRayCluster: nothing answers at `address` (checked first, because
+            ray.init would otherwise retry for a minute or more).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    where = address
+    if address.startswith("ray://"):  # Ray Client: let ray.init report what is wrong
+        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
+        return True
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+        if resolved is None:
+            raise ConnectionError("no address")
+        where = resolved
+        host, _, port = resolved.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+            pass
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise NoRayCluster(f"no running Ray cluster at {where!r} ({exc}); start one with `ray start --head` "
+                           f"or use `raftkv demo`") from exc
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as exc:
+        hint = ""
+        if isinstance(exc, ConnectionError) and address != DEFAULT_ADDRESS:
+            # Reachable but refused: Ray enables token authentication only for "auto".
+            hint = ("; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token "
+                    "or use --address auto")
+        raise NoRayCluster(f"could not connect to the Ray cluster at {where!r} ({exc}){hint}") from exc
+    return True
+
+
+def _arg(text: str) -> str | bytes:
+    """A KEY or VALUE from the command line: str, or bytes if it holds bytes that are not utf-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes arrive as surrogate escapes
+        return os.fsencode(text)
+    return text
+
+
+# -- commands -----------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from examples.quickstart import main as demo
+
+    demo()
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from client.bench import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def _cmd_bench_core(args: argparse.Namespace) -> int:
+    from client.bench_core import main as bench_core
+
+    bench_core()
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from raft_actors import start_cluster
+
+    cluster = start_cluster(args.cluster, args.replicas, data_dir=args.data_dir, detached=True,
+                            namespace=args.namespace)
+    print(f"started cluster {args.cluster!r} ({args.replicas} replicas, data in {cluster.data_dir}, "
+          f"Ray namespace {args.namespace!r})")
+    print(format_status(cluster.status()))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from raft_actors import get_cluster
+
+    get_cluster(args.cluster, namespace=args.namespace).stop()
+    print(f"stopped cluster {args.cluster!r}")
+    return 0
+
+
+def _cmd_put(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.put(_arg(args.key), _arg(args.value))
+    print("OK")
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    from kv import prefix_end
+
+    with _client(args) as c:
+        options = dict(serializable=args.serializable, revision=args.rev, keys_only=args.keys_only)
+        key = _arg(args.key)
+        if args.prefix:
+            if key == "":  # etcdctl: an empty prefix means every key
+                resp = c.get_range(b"\0", b"\0", sort_order="ascend", **options)
+            else:
+                resp = c.get_range(key, prefix_end(key), sort_order="ascend", **options)
+        else:
+            resp = c.get_range(key, **options)
+    if args.json:
+        print(json.dumps({"header": {"revision": resp.header.revision, "raft_term": resp.header.raft_term},
+                          "kvs": [_kv_json(kv, args.keys_only) for kv in resp.kvs],
+                          "count": resp.count, "more": resp.more}))
+        return 0
+    for kv in resp.kvs:
+        print(show(kv.key))
+        if not args.keys_only:
+            print(show(kv.value))
+    return 0
+
+
+def _cmd_del(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        key = _arg(args.key)
+        if args.prefix and key == "":  # etcdctl: an empty prefix means every key
+            print(c.delete(b"\0", range_end=b"\0"))
+        else:
+            print(c.delete(key, prefix=args.prefix))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        print(format_status(c.status()))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from client.client import connect
+
+    return connect(args.name, namespace=args.namespace)
+
+
+# -- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from client.bench import add_arguments as add_bench_arguments
+
+    parser = argparse.ArgumentParser(prog="raftkv", description="raftkv: an etcd-style store replicated with "
+                                     "Raft on Ray actors.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ray_opts = argparse.ArgumentParser(add_help=False)
+    ray_opts.add_argument("--address", default=DEFAULT_ADDRESS,
+                          help='Ray cluster address (default "auto": the running local Ray cluster)')
+    ray_opts.add_argument("--namespace", default=DEFAULT_NAMESPACE, help='Ray namespace (default "raftkv")')
+    conn = argparse.ArgumentParser(add_help=False, parents=[ray_opts])
+    conn.add_argument("--name", default=DEFAULT_NAME, help='cluster name (default "default")')
+
+    p = sub.add_parser("demo", help="run the quickstart tour on a private Ray instance")
+    p.set_defaults(func=_cmd_demo, needs_ray=False)
+
+    p = sub.add_parser("bench", help="measure a fresh 3-replica cluster on a private Ray instance")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench, needs_ray=False)
+
+    p = sub.add_parser("bench-core", help="measure the Raft core, the simulator and the WAL (no Ray)")
+    p.set_defaults(func=_cmd_bench_core, needs_ray=False)
+
+    p = sub.add_parser("start", parents=[ray_opts], help="start a detached cluster on a running Ray cluster")
+    p.add_argument("cluster", metavar="NAME")
+    p.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
+    p.add_argument("--data-dir", default=None, help="where replicas keep their logs (default <tmp>/raftkv/NAME)")
+    p.set_defaults(func=_cmd_start, needs_ray=True)
+
+    p = sub.add_parser("stop", parents=[ray_opts], help="stop a cluster (its data directory is kept)")
+    p.add_argument("cluster", metavar="NAME")
+    p.set_defaults(func=_cmd_stop, needs_ray=True)
+
+    p = sub.add_parser("put", parents=[conn], help="set KEY to VALUE; prints OK")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(func=_cmd_put, needs_ray=True)
+
+    p = sub.add_parser("get", parents=[conn], help="print KEY and its value (or every key with that prefix)")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.add_argument("--serializable", action="store_true", help="read a replica's local state (may be stale)")
+    p.add_argument("--rev", type=int, default=0, metavar="N", help="read as of revision N")
+    p.add_argument("--keys-only", action="store_true", help="print keys only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_get, needs_ray=True)
+
+    p = sub.add_parser("del", parents=[conn], help="delete KEY (or every key with that prefix); prints the count")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.set_defaults(func=_cmd_del, needs_ray=True)
+
+    p = sub.add_parser("status", parents=[conn], help="a table of the replicas: role, term, leader, commit, applied")
+    p.set_defaults(func=_cmd_status, needs_ray=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `raftkv` command line.
+
+    Returns 0 on success. Raises SystemExit(1) on a raftkv error (message on
+    stderr as `Error: ...`), SystemExit(2) on bad usage (from argparse).
+    """
+    args = build_parser().parse_args(argv)
+    if not structlog.is_configured():
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    attached = False
+    try:
+        if args.needs_ray:
+            attached = _attach(args.address, args.namespace)
+        return args.func(args)
+    except RaftKVError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if attached:
+            import ray
+
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
