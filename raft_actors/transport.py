@@ -24,6 +24,8 @@ from raft_actors.types import Message
 
 log = structlog.get_logger(__name__)
 
+RESOLVE_INTERVAL_S = 0.1
+
 
 class Transport:
     """Actor-handle transport for one replica. See the module docstring.
@@ -38,6 +40,9 @@ class Transport:
         self.self_id = self_id
         self._resolve = resolve
         self._handles: dict[int, Any] = {}
+        self._resolving: set[int] = set()
+        self._waiting: dict[int, list[Message]] = {}
+        self._last_resolve: dict[int, float] = {}
         self.blocked: set[int] = set()
         self.drop_rate = 0.0
         self.delay = 0.0
@@ -83,10 +88,13 @@ class Transport:
     def _deliver(self, peer: int, batch: list[Message]) -> None:
         handle = self._handles.get(peer)
         if handle is None:
-            handle = self._resolve(peer)
-            if handle is None:
-                return
-            self._handles[peer] = handle
+            # Looking a peer up asks Ray's control service: never on the event
+            # loop, at most one lookup in flight per peer, and not more often
+            # than RESOLVE_INTERVAL_S. The newest batch waits for the lookup;
+            # older ones are dropped (Raft resends what matters).
+            self._waiting[peer] = batch
+            self._start_resolve(peer)
+            return
         self.sent_calls += 1
         try:
             ref = handle.receive.remote(self.self_id, batch)
@@ -103,6 +111,25 @@ class Transport:
                 loop.call_soon_threadsafe(self._send_failed, p, exc)
 
         ref.future().add_done_callback(done)
+
+    def _start_resolve(self, peer: int) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if peer in self._resolving or now - self._last_resolve.get(peer, -1e9) < RESOLVE_INTERVAL_S:
+            return
+        self._resolving.add(peer)
+        self._last_resolve[peer] = now
+
+        def found(fut: asyncio.Future) -> None:
+            self._resolving.discard(peer)
+            handle = None if fut.cancelled() or fut.exception() else fut.result()
+            waiting = self._waiting.pop(peer, None)
+            if handle is not None:
+                self._handles[peer] = handle
+                if waiting is not None:
+                    self._deliver(peer, waiting)
+
+        loop.run_in_executor(None, self._resolve, peer).add_done_callback(found)
 
     def _send_failed(self, peer: int, exc: BaseException) -> None:
         # A dead, restarting or unreachable peer: Raft retries on its own; look
