@@ -73,6 +73,9 @@ class MemoryStorage:
             raise ValueError(f"append at {first} leaves a gap after {offset + len(self._entries) - 1}")
         if first < offset:
             raise ValueError(f"append at {first} rewrites compacted entries (snapshot at {offset - 1})")
+        # invariant: a committed entry is never overwritten (FileStorage refuses it too)
+        if first <= self._durable.hard_state.commit:
+            raise ValueError(f"append at {first} overwrites committed entries (commit {self._durable.hard_state.commit})")
         del self._entries[first - offset :]
         self._entries.extend(entries)
 
@@ -80,6 +83,9 @@ class MemoryStorage:
         self._hard_state = hard_state
 
     def sync(self) -> None:
+        last = self._snapshot.index + len(self._entries)
+        if self._hard_state.commit > last:
+            raise ValueError(f"hard state commit {self._hard_state.commit} is past the last entry {last}")
         self.syncs += 1
         self._durable = PersistedState(self._hard_state, self._snapshot, tuple(self._entries))
 
