@@ -236,6 +236,8 @@ def test_corrupt_data_dir_is_refused_and_left_alone(make_cluster, tmp_path):
 # -- replication, fail-over and recovery --------------------------------------
 
 def test_status_reports_one_leader(cluster):
+    # right after start a follower may not have heard from the new leader yet
+    assert wait_for(lambda: len({s["leader"] for s in cluster.status()}) == 1)
     st = cluster.status()
     assert len(st) == 3
     leaders = [s for s in st if s["role"] == "leader"]
