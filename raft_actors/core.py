@@ -509,7 +509,10 @@ class RaftCore:
             pr.probe_sent = False
             pr.free_first()
             if pr.match < self.log.last_index:
-                self._dirty.add(m.src)
+                # An append may have been lost: send one even if it carries no
+                # entries; a follower missing the previous entry rejects it and
+                # replication backs up from there.
+                self._send_append(m.src, send_if_empty=True)
             if m.context:
                 self._ack_read(m.context, m.src)
 
@@ -573,7 +576,9 @@ class RaftCore:
 
     def _send_all(self, to: int) -> None:
         pr = self.progress[to]
-        sent = self._send_append(to, send_if_empty=True)
+        # A probe goes out even when empty (it finds where the logs agree); a
+        # replicating follower gets only entries: commit rides on heartbeats.
+        sent = self._send_append(to, send_if_empty=pr.state == ProgressState.PROBE)
         while sent and pr.state == ProgressState.REPLICATE and pr.next <= self.log.last_index:
             sent = self._send_append(to, send_if_empty=False)
 

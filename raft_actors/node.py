@@ -109,7 +109,6 @@ class RaftNode:
         self._apply_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
         self._ctx = itertools.count(1)
         self._durable_hs: HardState | None = persisted.hard_state
-        self._durable_hs_at = time.monotonic()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -183,6 +182,8 @@ class RaftNode:
             self._task.cancel()
         self._fail_waiters(NotLeader("replica closed"))
         await self.transport.close()
+        hs = HardState(self.core.term, self.core.vote, min(self.core.log.committed, self.core.log.stable))
+        await asyncio.get_running_loop().run_in_executor(self._io, self._persist, hs, [])
         await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
         self._io.shutdown(wait=True)
         log.info("replica.closed", replica=self.index, term=self.core.term)
@@ -292,7 +293,7 @@ class RaftNode:
         self.stats["readies"] += 1
         if rd.early_send and rd.messages:
             self.transport.send(rd.messages)  # a leader's appends go out while it fsyncs
-        hard_state = self._hard_state_to_write(rd.hard_state, bool(rd.entries))
+        hard_state = self._hard_state_to_write(rd.hard_state)
         if hard_state is not None or rd.entries:
             # One write and one fdatasync for everything this Ready gathered
             # (group commit). A small one is done inline: handing it to the
@@ -324,25 +325,23 @@ class RaftNode:
                 self._fail_waiters(NotLeader("leadership changed", lead))
         self.core.advance(rd)
 
-    def _hard_state_to_write(self, hs: HardState | None, with_entries: bool) -> HardState | None:
+    def _hard_state_to_write(self, hs: HardState | None) -> HardState | None:
         """Which hard state must reach disk with this Ready.
 
         Term and vote must be durable before any message leaves (a vote given
         twice in one term breaks election safety). The commit index need not
-        be: after a restart it is learned again from the leader, and only the
-        replay of the state machine starts lower. So a commit-only change is
-        written when entries are being synced anyway, or once a second, rather
-        than costing an atomic file replace (three fsyncs) per commit.
+        be: after a restart it is learned again from the leader (only the
+        state machine's replay starts lower), so a commit-only change is not
+        written at all; it goes to disk with the next term or vote change and
+        on a graceful close. Writing it costs an atomic file replace (three
+        fsyncs), which per Ready would triple the cost of a write.
         """
         if hs is None:
             return None
         last = self._durable_hs
         if last is not None and hs.term == last.term and hs.vote == last.vote:
-            now = time.monotonic()
-            if not with_entries and now - self._durable_hs_at < 1.0:
-                return None
+            return None
         self._durable_hs = hs
-        self._durable_hs_at = time.monotonic()
         return hs
 
     def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
