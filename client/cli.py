@@ -3,6 +3,7 @@
     raftkv demo                              the quickstart tour (own Ray instance)
     raftkv bench [--json] [--seconds N] ...  end-to-end figures (own Ray instance)
     raftkv bench-core                        Raft core, simulator and WAL figures (no Ray)
+    raftkv chaos [--duration 60] [--seed N] [--json]   faults + linearizability check (own Ray instance)
     raftkv start NAME [--replicas 3] [--data-dir D]   a detached cluster on a running Ray cluster
     raftkv stop NAME
     raftkv put KEY VALUE
@@ -242,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(p)
     p.set_defaults(func=_cmd_bench, needs_ray=False)
 
+    p = sub.add_parser("chaos", help="faults against a fresh cluster, checked for linearizability "
+                       "(see `raftkv chaos --help`)", add_help=False)
+    p.set_defaults(func=None, needs_ray=False)
+
     p = sub.add_parser("bench-core", help="measure the Raft core, the simulator and the WAL (no Ray)")
     p.set_defaults(func=_cmd_bench_core, needs_ray=False)
 
@@ -285,6 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 on success. Raises SystemExit(1) on a raftkv error (message on
     stderr as `Error: ...`), SystemExit(2) on bad usage (from argparse).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chaos"]:
+        # The chaos runner owns its options (and its exit code: 1 when a checker fails).
+        from client.chaos import main as chaos_main
+
+        return chaos_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not structlog.is_configured():
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -55,7 +55,7 @@ from raft_actors.node import actor_name
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1024  # commands per actor call
-MAX_INFLIGHT = 4  # concurrent actor calls per kind (measured: 1 and 8 are slower)
+MAX_INFLIGHT = 8  # concurrent actor calls per kind (measured with 64 writers: 4 -> 4.6k/s, 8 -> 6.2k/s, 16 -> 5.5k/s)
 _MISSING = object()
 
 
