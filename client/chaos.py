@@ -22,8 +22,8 @@ local Ray instance when Ray is not initialized in this process). Then, for
   fault, holds it 1 to 3 s and heals it: kill a replica (then restart it from
   its data directory), kill the leader, partition a minority from the majority,
   partition the leader alone, pause a replica's process (SIGSTOP, then
-  SIGCONT), or two of these at once. `Cluster.partition` cuts links both
-  ways, so asymmetric partitions are not injected.
+  SIGCONT), cut the leader's messages to its followers one way (it still
+  hears them: an asymmetric partition), or two of these at once.
 
 At the end everything is healed (processes continued, replicas restarted,
 partitions healed), a leader is awaited, and every key is read once more;
@@ -62,7 +62,7 @@ NAMESPACE = "raftkv"
 DEFAULT_CLIENTS = {"threads": 3, "async_tasks": 4, "ray_tasks": 2}
 CLIENT_TIMEOUT = 2.0  # default: seconds a client request may take, retries included
 KEYS = 5
-FAULT_KINDS = ("kill", "kill-leader", "partition-minority", "partition-leader", "pause")
+FAULT_KINDS = ("kill", "kill-leader", "partition-minority", "partition-leader", "partition-oneway", "pause")
 
 
 # -- one client operation ---------------------------------------------------------
@@ -301,6 +301,19 @@ class Nemesis:
             leader = self.rng.randrange(self.cluster.replicas)
         n = self.cluster.replicas
         self.cluster.partition([[leader], [i for i in range(n) if i != leader]])
+        self._partitioned = True
+        return [leader]
+
+    def _partition_oneway(self) -> list[int] | None:
+        if self._partitioned:
+            return None
+        leader = self._leader()
+        if leader is None:
+            leader = self.rng.randrange(self.cluster.replicas)
+        # The leader can no longer reach its followers, but still hears them.
+        for i in range(self.cluster.replicas):
+            if i != leader:
+                self.cluster.block(leader, i)
         self._partitioned = True
         return [leader]
 

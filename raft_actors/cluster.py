@@ -53,6 +53,7 @@ class Cluster:
         self.detached = detached
         self.options = options
         self._handles: dict[int, Any] = {}
+        self._cuts: set[tuple[int, int]] = set()  # (src, dst) replica pairs that cannot talk
 
     # -- lifecycle -------------------------------------------------------
     def _spawn(self, index: int) -> Any:
@@ -101,6 +102,8 @@ class Cluster:
         self._kill(index)
         self._wait_gone(index)
         self._start([index], timeout)
+        if self._cuts:
+            self._push_faults(only=index)  # a restarted replica keeps the partition it was in
         log.info("cluster.restart", cluster=self.name, replica=index)
 
     def stop(self) -> None:
@@ -125,25 +128,43 @@ class Cluster:
     def partition(self, groups: list[list[int]]) -> None:
         """Cut the network between groups of replica indices (both ways).
 
-        A replica in no group is cut off from everyone.
+        A replica in no group is cut off from everyone. Replaces earlier cuts.
         """
         where: dict[int, int] = {}
         for g, members in enumerate(groups):
             for i in members:
                 self._check_index(i)
                 where[i] = g
-        refs = []
-        for i in range(self.replicas):
-            blocked = [j for j in range(self.replicas) if j != i and where.get(i, -1 - i) != where.get(j, -100 - j)]
-            try:
-                refs.append(self.handle(i).set_faults.remote(blocked))
-            except ValueError:
-                continue
-        ray.get(refs, timeout=30)
+        n = self.replicas
+        self._cuts = {(a, b) for a in range(n) for b in range(n)
+                      if a != b and where.get(a, -1 - a) != where.get(b, -100 - b)}
+        self._push_faults()
+
+    def block(self, src: int, dst: int) -> None:
+        """One-way cut: messages from replica `src` to replica `dst` are lost
+        (`dst` still reaches `src`). Adds to the current cuts."""
+        self._check_index(src)
+        self._check_index(dst)
+        if src == dst:
+            raise InvalidRequest("a replica cannot be cut off from itself")
+        self._cuts.add((src, dst))
+        self._push_faults()
 
     def heal(self) -> None:
-        """Undo `partition` and every other injected fault."""
-        self.partition([list(range(self.replicas))])
+        """Undo `partition`, `block` and every other injected fault."""
+        self._cuts = set()
+        self._push_faults()
+
+    def _push_faults(self, only: int | None = None) -> None:
+        refs = []
+        for i in range(self.replicas) if only is None else [only]:
+            out = sorted(b for a, b in self._cuts if a == i)
+            inc = sorted(a for a, b in self._cuts if b == i)
+            try:
+                refs.append(self.handle(i).set_faults.remote(out, 0.0, 0.0, inc))
+            except ValueError:
+                continue  # a replica that is down gets the cuts when it restarts
+        ray.get(refs, timeout=30)
 
     # -- status ----------------------------------------------------------
     def status(self, timeout: float = 5.0) -> list[dict]:

@@ -141,9 +141,12 @@ class RaftNode:
             self.core.step(m)
         self._wake.set()
 
-    async def set_faults(self, blocked: list[int], drop_rate: float = 0.0, delay: float = 0.0) -> None:
-        """Fault injection: cut this replica off from replica indices `blocked`."""
-        self.transport.set_faults([b + 1 for b in blocked], drop_rate, delay)
+    async def set_faults(self, blocked: list[int], drop_rate: float = 0.0, delay: float = 0.0,
+                         blocked_in: list[int] | None = None) -> None:
+        """Fault injection: stop sending to replica indices `blocked` and
+        receiving from `blocked_in` (default: the same ones)."""
+        self.transport.set_faults([b + 1 for b in blocked], drop_rate, delay,
+                                  None if blocked_in is None else [b + 1 for b in blocked_in])
 
     async def status(self) -> dict:
         s = self.core.status()

@@ -44,6 +44,7 @@ class Transport:
         self._waiting: dict[int, list[Message]] = {}
         self._last_resolve: dict[int, float] = {}
         self.blocked: set[int] = set()
+        self.blocked_in: set[int] = set()
         self.drop_rate = 0.0
         self.delay = 0.0
         self._rng = rng or random.Random()
@@ -51,14 +52,19 @@ class Transport:
         self.sent_calls = 0
 
     # -- fault injection -------------------------------------------------
-    def set_faults(self, blocked: Iterable[int] = (), drop_rate: float = 0.0, delay: float = 0.0) -> None:
+    def set_faults(self, blocked: Iterable[int] = (), drop_rate: float = 0.0, delay: float = 0.0,
+                   blocked_in: Iterable[int] | None = None) -> None:
+        """Cut sending to peers `blocked` and receiving from `blocked_in`
+        (default: the same peers, a symmetric cut); lose a fraction of
+        messages; hold messages back by `delay` seconds."""
         self.blocked = set(blocked)
+        self.blocked_in = set(self.blocked if blocked_in is None else blocked_in)
         self.drop_rate = float(drop_rate)
         self.delay = float(delay)
 
     def accepts(self, src: int) -> bool:
-        """Whether a message from `src` gets through (partitions cut both ways)."""
-        return src not in self.blocked
+        """Whether a message from `src` gets through."""
+        return src not in self.blocked_in
 
     def forget(self, peer: int) -> None:
         """Drop a cached handle (the peer was restarted as a new actor)."""

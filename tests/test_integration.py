@@ -377,3 +377,18 @@ def test_client_recovers_when_the_cluster_forgot_its_session(cluster, c):
     c._outstanding = set()
     c.put("sess", "2")  # gets SessionExpired, starts a new session, resends
     assert c.get("sess").value == "2" and c.client_id != "forgotten-client"
+
+
+def test_one_way_partition_of_the_leader_moves_leadership(cluster, c):
+    c.put("oneway", "before")
+    old = cluster.leader()
+    for i in range(3):
+        if i != old:
+            cluster.block(old, i)  # the old leader still hears its followers
+    assert wait_for(lambda: any(s["role"] == "leader" and s["replica"] != old for s in cluster.status()), 20)
+    c.put("oneway", "after")
+    assert wait_for(lambda: cluster.status()[old]["role"] != "leader", 20)
+    cluster.heal()
+    assert c.get("oneway").value == "after"
+    with pytest.raises(InvalidRequest):
+        cluster.block(0, 0)
