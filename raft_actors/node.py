@@ -282,6 +282,10 @@ class RaftNode:
                     # lose time than fire a burst of elections.
                     self.core.tick()
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
+                # Let requests and messages already queued on the loop step the
+                # core first, so one Ready (one fsync, one call per peer) takes
+                # them all.
+                await asyncio.sleep(0)
                 while self.core.has_ready() and not self._closed:
                     await self._handle_ready(loop)
         except asyncio.CancelledError:
