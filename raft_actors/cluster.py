@@ -166,6 +166,25 @@ class Cluster:
                 continue  # a replica that is down gets the cuts when it restarts
         ray.get(refs, timeout=30)
 
+    def transfer_leadership(self, to: int, timeout: float = 10.0) -> None:
+        """Move leadership to replica `to` gracefully (it catches up, then
+        campaigns at once on TimeoutNow). Waits until it leads.
+
+        Raises:
+            Unavailable: `to` did not become leader within `timeout`.
+        """
+        self._check_index(to)
+        leader = self.leader(timeout)
+        if leader == to:
+            return
+        ray.get(self.handle(leader).transfer_leadership.remote(to), timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status(timeout=2.0)[to]["role"] == "leader":
+                return
+            time.sleep(0.02)
+        raise Unavailable(f"replica {to} did not take over leadership within {timeout} s")
+
     # -- status ----------------------------------------------------------
     def status(self, timeout: float = 5.0) -> list[dict]:
         """One mapping per replica: role, term, commit_index, applied_index, leader...

@@ -392,3 +392,15 @@ def test_one_way_partition_of_the_leader_moves_leadership(cluster, c):
     assert c.get("oneway").value == "after"
     with pytest.raises(InvalidRequest):
         cluster.block(0, 0)
+
+
+def test_operator_moves_leadership_gracefully(cluster, c):
+    c.put("transfer", "1")
+    old = cluster.leader()
+    target = (old + 1) % 3
+    term = cluster.status()[old]["term"]
+    cluster.transfer_leadership(target)
+    st = cluster.status()
+    assert st[target]["role"] == "leader" and st[target]["term"] == term + 1
+    c.put("transfer", "2")  # the client follows the new leader
+    assert c.get("transfer").value == "2"
