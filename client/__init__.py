@@ -4,18 +4,21 @@ from client.client import Client, connect
 from kv import Compare, DeleteRange, KeyValue, Put, Range, Txn, prefix_end
 from kv.errors import (
     ClientClosed,
+    ClusterExists,
     ClusterNotFound,
+    CorruptLog,
     Compacted,
     CompareFailed,
     InvalidRequest,
     NotLeader,
     RaftKVError,
     RequestTooLarge,
+    StorageError,
     Unavailable,
 )
 
 __all__ = [
-    "Client", "ClientClosed", "ClusterNotFound", "Compacted", "Compare", "CompareFailed", "DeleteRange",
+    "Client", "ClientClosed", "ClusterExists", "ClusterNotFound", "CorruptLog", "StorageError", "Compacted", "Compare", "CompareFailed", "DeleteRange",
     "InvalidRequest", "KeyValue", "NotLeader", "Put", "RaftKVError", "Range", "RequestTooLarge", "Txn",
     "Unavailable", "connect", "prefix_end",
 ]

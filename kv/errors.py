@@ -59,6 +59,10 @@ class ClusterNotFound(RaftKVError):
     """No cluster of that name is running in this Ray namespace."""
 
 
+class ClusterExists(RaftKVError):
+    """A cluster of that name is already running; `connect` to it or stop it first."""
+
+
 class StorageError(RaftKVError):
     """The durable log could not be read or written."""
 

@@ -16,16 +16,12 @@ from typing import Any
 import ray
 import structlog
 
-from kv.errors import ClusterNotFound, InvalidRequest, RaftKVError, StorageError, Unavailable
+from kv.errors import ClusterExists, ClusterNotFound, InvalidRequest, StorageError, Unavailable
 from raft_actors.node import NodeOptions, RaftNode, actor_name
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_NAMESPACE = "raftkv"
-
-
-class ClusterExists(RaftKVError):
-    """A cluster of that name is already running; `connect` to it or stop it first."""
 
 
 def default_data_dir(name: str) -> str:
