@@ -166,7 +166,12 @@ class RaftNode:
         }
 
     async def transfer_leadership(self, to_index: int) -> None:
-        """Move leadership to replica `to_index` once it has caught up."""
+        """Move leadership to replica `to_index` once it has caught up.
+
+        Raises:
+            NotLeader: this replica does not lead.
+        """
+        self._ensure_started()
         self.core.transfer_leadership(to_index + 1)
         self._wake.set()
 
@@ -185,9 +190,15 @@ class RaftNode:
             self._task.cancel()
         self._fail_waiters(NotLeader("replica closed"))
         await self.transport.close()
+        # Record how far the log is known committed, so a restart replays that
+        # much at once (commit-only changes are not written while running).
         hs = HardState(self.core.term, self.core.vote, min(self.core.log.committed, self.core.log.stable))
-        await asyncio.get_running_loop().run_in_executor(self._io, self._persist, hs, [])
-        await asyncio.get_running_loop().run_in_executor(self._io, self.storage.close)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._persist, hs, [])
+        except Exception as exc:  # the log may be what failed; closing must still finish
+            log.warning("replica.close_persist_failed", replica=self.index, term=self.core.term, error=repr(exc))
+        await loop.run_in_executor(self._io, self.storage.close)
         self._io.shutdown(wait=True)
         log.info("replica.closed", replica=self.index, term=self.core.term)
 
