@@ -74,10 +74,17 @@ class Cluster:
         try:
             ray.get(refs, timeout=timeout)
         except ray.exceptions.RayActorError as exc:
-            # The actor's constructor failed: most often a corrupt or unreadable log.
+            # The actor's constructor failed: most often a corrupt, unreadable
+            # or already used data directory. Surface the replica's own words.
             for i in indices:
                 self._kill(i)
-            raise StorageError(f"replica of cluster {self.name!r} failed to start: {exc}") from exc
+            text = str(exc)
+            detail = text
+            for marker in ("CorruptLog: ", "StorageError: "):
+                if marker in text:
+                    detail = text.split(marker, 1)[1].strip().splitlines()[0]
+                    break
+            raise StorageError(f"a replica of cluster {self.name!r} could not open its log: {detail}") from exc
 
     def handle(self, index: int) -> Any:
         """The actor handle of replica `index` (raises if it is down)."""

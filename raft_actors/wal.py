@@ -42,9 +42,11 @@ byte offset, and then nothing on disk is changed.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import os
 import re
 import struct
+import time
 from array import array
 from pathlib import Path
 from typing import Sequence
@@ -102,13 +104,16 @@ class FileStorage:
     One `FileStorage` per data directory, used from one thread.
     """
 
-    def __init__(self, data_dir: str | Path, segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, data_dir: str | Path, segment_bytes: int = 64 * 1024 * 1024,
+                 lock_timeout: float = 10.0) -> None:
         """Describe the storage; nothing touches disk until `load()`.
 
         Args:
             data_dir: directory of this replica (created by `load()` if missing).
             segment_bytes: a segment is closed once it reaches this size; a
                 record is never split, so segments may exceed it by one record.
+            lock_timeout: how long `load()` waits for another process to
+                release the directory before raising StorageError.
 
         Raises:
             ValueError: segment_bytes is not positive.
@@ -127,6 +132,8 @@ class FileStorage:
         self._dirty = False  # the last segment has writes not yet fdatasync'ed
         self._loaded = False
         self._failed: OSError | None = None
+        self._lock_fd: int | None = None
+        self.lock_timeout = lock_timeout
 
     # -- the LogStorage protocol -------------------------------------------
     def load(self) -> PersistedState:
@@ -147,6 +154,7 @@ class FileStorage:
                 self.wal_dir.mkdir(parents=True, exist_ok=True)
                 _fsync_dir(self.data_dir)  # else a crash could lose the new directories,
                 _fsync_dir(self.data_dir.parent)  # and every segment with them
+            self._lock()
             hs_fields = self._read_state(self.data_dir / "hardstate", _HS, _HS_MAGIC)
             snap_fields = self._read_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC)
             hard_state = HardState(*hs_fields) if hs_fields else HardState()
@@ -165,7 +173,11 @@ class FileStorage:
             if segs:
                 segs[-1].fd = os.open(segs[-1].path, os.O_RDWR)
         except OSError as exc:
+            self.close()  # releases the lock too: a refused log must not stay locked
             raise StorageError(f"cannot read the log in {self.data_dir}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
         self._segs, self._covered = segs, covered
         self._snap = self._snap_durable = snapshot
         self._hs = self._hs_durable = hard_state
@@ -278,13 +290,35 @@ class FileStorage:
         self._last = max(self._last, snapshot.index)
 
     def close(self) -> None:
-        """Release files. Unsynced work may be lost; call `load()` to use it again."""
+        """Release files and the directory lock. Unsynced work may be lost; call
+        `load()` to use it again."""
         for seg in self._segs:
             if seg.fd is not None:
                 os.close(seg.fd)
                 seg.fd = None
         self._segs = []
         self._loaded = False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """Take the data directory for this process: two replicas writing one
+        log would corrupt it. A process that dies releases its lock, so a
+        replica restarted while its predecessor is still exiting waits a little."""
+        fd = os.open(self.data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StorageError(f"{self.data_dir} is in use by another replica (its LOCK is held); "
+                                       f"give each replica its own data directory") from None
+                time.sleep(0.05)
+        self._lock_fd = fd
 
     # -- recovery ------------------------------------------------------------
     def _scan(self, snap: SnapshotMeta) -> tuple[list[_Segment], list[Path], list[Entry], tuple[Path, int] | None]:

@@ -522,3 +522,18 @@ def test_agrees_with_memory_storage(tmp_path: Path, seed: int) -> None:
     disk.sync()
     disk.close()
     assert FileStorage(tmp_path).load() == memory.load()
+
+
+def test_a_data_directory_is_locked_to_one_storage(tmp_path: Path) -> None:
+    first = FileStorage(tmp_path)
+    first.load()
+    first.append(ents(1, 3))
+    first.sync()
+    second = FileStorage(tmp_path, lock_timeout=0.2)
+    with pytest.raises(StorageError, match="in use"):
+        second.load()
+    first.append(ents(4, 5))  # the refused one changed nothing
+    first.sync()
+    first.close()
+    assert [e.index for e in second.load().entries] == [1, 2, 3, 4, 5]
+    second.close()
