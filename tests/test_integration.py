@@ -404,3 +404,21 @@ def test_operator_moves_leadership_gracefully(cluster, c):
     assert st[target]["role"] == "leader" and st[target]["term"] == term + 1
     c.put("transfer", "2")  # the client follows the new leader
     assert c.get("transfer").value == "2"
+
+
+def test_paused_leader_is_routed_around(cluster, c):
+    import signal
+
+    c.put("pause", "before")
+    old = cluster.leader()
+    pid = ray.get(cluster.handle(old).__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        c.put("pause", "during")  # the client gives up on the frozen leader and finds the new one
+        assert time.monotonic() - t0 < 10
+        assert c.get("pause").value == "during"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: cluster.status()[old]["role"] == "follower", 20)
+    assert c.get("pause", serializable=True) is not None
