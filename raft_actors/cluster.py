@@ -50,6 +50,7 @@ class Cluster:
         self.options = options
         self._handles: dict[int, Any] = {}
         self._cuts: set[tuple[int, int]] = set()  # (src, dst) replica pairs that cannot talk
+        self._nodes: dict[int, str] = {}  # replica index -> Ray node id it was placed on
 
     # -- lifecycle -------------------------------------------------------
     def _spawn(self, index: int) -> Any:
@@ -60,7 +61,7 @@ class Cluster:
             max_restarts=0,
             max_task_retries=0,
             max_concurrency=10_000,
-            scheduling_strategy="SPREAD",
+            scheduling_strategy=self._placement_strategy(index),
         )
         if self.detached:
             opts["lifetime"] = "detached"
@@ -68,6 +69,33 @@ class Cluster:
             self.name, index, self.replicas, self.namespace, self.data_dir, self.options, self.detached)
         self._handles[index] = handle
         return handle
+
+    def _placement_strategy(self, index: int) -> Any:
+        """Where replica `index` runs: one replica per Ray node while there are
+        enough nodes, and a restarted replica on the node that holds its data.
+
+        Nodes are taken in address order, so the same set of nodes gives the
+        same placement when a stopped cluster is started again (its data
+        directories are local to the nodes).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = sorted((n for n in ray.nodes() if n.get("Alive")),
+                       key=lambda n: (n.get("NodeManagerAddress", ""), n["NodeID"]))
+        ids = [n["NodeID"] for n in alive]
+        if len(ids) <= 1:
+            return "DEFAULT"
+        node = self._nodes.get(index)
+        if node is not None and node not in ids:
+            # Its data directory went with the node. A replica that lost its
+            # log must not come back under its old identity (it could vote
+            # twice in a term); it has to be replaced by a new member.
+            raise StorageError(f"replica {index} of {self.name!r} lived on Ray node {node}, which is gone with "
+                               f"its data; it cannot be restarted under its old identity")
+        if node is None:
+            node = ids[index % len(ids)]
+        self._nodes[index] = node
+        return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
     def _start(self, indices: list[int], timeout: float = 60.0) -> None:
         refs = [self._spawn(i).start.remote() for i in indices]
@@ -308,4 +336,8 @@ def get_cluster(name: str, namespace: str = DEFAULT_NAMESPACE) -> Cluster:
     if info is None:
         raise ClusterNotFound(f"no cluster named {name!r} in Ray namespace {namespace!r}; start it with "
                               f"raft_actors.start_cluster({name!r})")
-    return Cluster(name, info["replicas"], info["data_dir"], namespace, info["detached"], info["options"])
+    cluster = Cluster(name, info["replicas"], info["data_dir"], namespace, info["detached"], info["options"])
+    for s in cluster.status():
+        if s.get("node_id"):
+            cluster._nodes[s["replica"]] = s["node_id"]
+    return cluster

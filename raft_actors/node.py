@@ -52,6 +52,15 @@ log = structlog.get_logger(__name__)
 INLINE_PERSIST_BYTES = 256 * 1024
 
 
+def _ray_node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray (unit use)
+        return None
+
+
 def actor_name(cluster: str, index: int) -> str:
     """The Ray actor name of replica `index` (0-based) of `cluster`."""
     return f"raftkv/{cluster}/{index}"
@@ -97,6 +106,7 @@ class RaftNode:
         self.id = index + 1  # Raft ids are positive
         self.data_dir = os.path.join(data_dir, f"replica-{index}")
         self.storage = FileStorage(self.data_dir)
+        self.node_id = _ray_node_id()
         persisted = self.storage.load()
         config = Config(id=self.id, peers=tuple(range(1, replicas + 1)), election_tick=self.opts.election_ticks,
                         heartbeat_tick=self.opts.heartbeat_ticks)
@@ -162,6 +172,7 @@ class RaftNode:
             "last_index": s["last_index"],
             "revision": self.sm.revision,
             "data_dir": self.data_dir,
+            "node_id": self.node_id,
             "stats": dict(self.stats),
         }
 
