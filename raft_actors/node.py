@@ -122,6 +122,7 @@ class RaftNode:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._failed = False
         self.stats = {"readies": 0, "fsyncs": 0, "entries": 0, "proposals": 0}
         log.info("replica.open", replica=index, term=persisted.hard_state.term,
                  index=persisted.entries[-1].index if persisted.entries else persisted.snapshot.index)
@@ -164,7 +165,7 @@ class RaftNode:
         return {
             "replica": self.index,
             "name": actor_name(self.cluster, self.index),
-            "role": s["role"],
+            "role": "failed" if self._failed else s["role"],
             "term": s["term"],
             "leader": leader - 1 if leader != NONE else None,
             "commit_index": s["commit_index"],
@@ -313,8 +314,11 @@ class RaftNode:
         except asyncio.CancelledError:
             pass
         except Exception:
+            # Fail-stop: a replica whose log write failed must not go on as if
+            # it had persisted; the others elect around it.
             log.exception("replica.loop_failed", replica=self.index, term=self.core.term)
             self._closed = True
+            self._failed = True
             self._fail_waiters(NotLeader("replica failed"))
 
     async def _handle_ready(self, loop: asyncio.AbstractEventLoop) -> None:
