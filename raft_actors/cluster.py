@@ -145,10 +145,14 @@ class Cluster:
                 refs.append(self.handle(i).close.remote())
             except ValueError:
                 continue
-        try:
-            ray.get(refs, timeout=30)
-        except Exception as exc:  # a replica already dead: nothing to flush
-            log.warning("cluster.stop_close_failed", cluster=self.name, error=str(exc))
+        # Wait for every close, not just until the first error (a replica that
+        # is already dead has nothing to flush).
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                log.warning("cluster.stop_close_failed", cluster=self.name, error=type(exc).__name__)
         for i in range(self.replicas):
             self._kill(i)
         for i in range(self.replicas):
