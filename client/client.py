@@ -27,7 +27,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from typing import Any, Awaitable, Iterable, Sequence
+from typing import Any, Awaitable, Sequence
 
 import ray
 import structlog

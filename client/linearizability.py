@@ -367,9 +367,9 @@ class _KeySearch:
         t0 = time.monotonic()
         deadline = t0 + time_budget
         max_steps = step_budget if step_budget is not None else -1
-        inv, ret, known, bit, klass = self.inv, self.ret, self.known, self.bit, self.klass
+        inv, ret, bit, klass = self.inv, self.ret, self.bit, self.klass
         ok_inv, ok_ret, unk = self.ok_inv, self.ok_ret, self.unk
-        n_ok, n_ok_inv, n_unk = len(ok_ret), len(ok_inv), len(unk)
+        n_ok, n_ok_inv = len(ok_ret), len(ok_inv)
         step = self._step
         code, res, arg = self.code, self.res, self.arg
         pure = self.pure

@@ -43,7 +43,7 @@ from kv import KVStateMachine, encode_batch
 from kv.errors import NotLeader
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.transport import Transport
-from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, Ready
+from raft_actors.types import NONE, Entry, EntryKind, HardState, Message
 from raft_actors.wal import FileStorage
 
 log = structlog.get_logger(__name__)

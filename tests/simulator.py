@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.storage import MemoryStorage
-from raft_actors.types import Entry, Message, MessageType
+from raft_actors.types import Entry, Message
 
 UNITS_PER_TICK = 10
 

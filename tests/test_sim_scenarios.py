@@ -11,7 +11,7 @@ import pytest
 
 from raft_actors.core import Role
 from raft_actors.types import MessageType as MT
-from tests.simulator import Simulator, random_run
+from tests.simulator import Simulator
 
 pytestmark = pytest.mark.sim
 
