@@ -481,7 +481,7 @@ class Client:
             self._replicas = info["replicas"]
             return
         raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
-                              f"with raft_actors.start_cluster({self.name!r})")
+                              f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
 
 
 class _CompareBuilder:

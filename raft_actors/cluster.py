@@ -339,7 +339,7 @@ def get_cluster(name: str, namespace: str = DEFAULT_NAMESPACE) -> Cluster:
             continue
     if info is None:
         raise ClusterNotFound(f"no cluster named {name!r} in Ray namespace {namespace!r}; start it with "
-                              f"raft_actors.start_cluster({name!r})")
+                              f"raft_actors.start_cluster({name!r}) or `raftkv start {name}`")
     cluster = Cluster(name, info["replicas"], info["data_dir"], namespace, info["detached"], info["options"])
     for s in cluster.status():
         if s.get("node_id"):
