@@ -10,6 +10,7 @@ from kv.errors import (
     Compacted,
     CompareFailed,
     InvalidRequest,
+    LeaseNotFound,
     NotLeader,
     RaftKVError,
     RequestTooLarge,
@@ -19,6 +20,6 @@ from kv.errors import (
 
 __all__ = [
     "Client", "ClientClosed", "ClusterExists", "ClusterNotFound", "CorruptLog", "StorageError", "Compacted", "Compare", "CompareFailed", "DeleteRange",
-    "InvalidRequest", "KeyValue", "NotLeader", "Put", "RaftKVError", "Range", "RequestTooLarge", "Txn",
+    "InvalidRequest", "KeyValue", "LeaseNotFound", "NotLeader", "Put", "RaftKVError", "Range", "RequestTooLarge", "Txn",
     "Unavailable", "connect", "prefix_end",
 ]

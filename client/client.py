@@ -46,7 +46,15 @@ from kv import (
     TxnResponse,
     prefix_end,
 )
-from kv.errors import ClientClosed, ClusterNotFound, InvalidRequest, RaftKVError, SessionExpired, Unavailable
+from kv.errors import (
+    ClientClosed,
+    ClusterNotFound,
+    InvalidRequest,
+    LeaseNotFound,
+    RaftKVError,
+    SessionExpired,
+    Unavailable,
+)
 from kv.limits import DEFAULT_LIMITS, Limits
 from kv.validation import validate
 from raft_actors.cluster import DEFAULT_NAMESPACE
@@ -123,10 +131,10 @@ class Client:
             InvalidRequest / RequestTooLarge: bad key, value or size.
             Unavailable: no leader committed it within the timeout (outcome unknown).
         """
-        return self._write(Put(key, value, lease, prev_kv)).result()
+        return self._write(_put(key, value, lease, prev_kv)).result()
 
     async def aput(self, key: bytes | str, value: bytes | str, *, lease: int = 0, prev_kv: bool = False) -> PutResponse:
-        return await self._write(Put(key, value, lease, prev_kv), aio=True)
+        return await self._write(_put(key, value, lease, prev_kv), aio=True)
 
     def get(self, key: bytes | str, *, serializable: bool = False, revision: int = 0) -> KeyValue | None:
         """The key's KeyValue (current, or as of `revision`), or None if absent."""
@@ -512,6 +520,14 @@ async def _await_ref(ref: Any) -> Any:
     # Awaiting an ObjectRef directly costs about twice the round trip of
     # awaiting its concurrent future (measured on Ray 2.5x).
     return await asyncio.wrap_future(ref.future())
+
+
+def _put(key: Any, value: Any, lease: int, prev_kv: bool) -> Put:
+    if lease:
+        # No lease can exist yet (leases come with the next release); storing
+        # an id nobody granted would look attached and never expire.
+        raise LeaseNotFound(f"lease {lease!r} does not exist: leases are not available in this version")
+    return Put(key, value, lease, prev_kv)
 
 
 def _first(resp: RangeResponse) -> KeyValue | None:

@@ -177,6 +177,10 @@ def test_bad_input_gets_typed_errors_and_stores_nothing(c):
         c.get_prefix("p/", sort_order="sideways")
     with pytest.raises(InvalidRequest):
         c.get("k", serializable="yes")
+    from kv.errors import LeaseNotFound
+
+    with pytest.raises(LeaseNotFound):
+        c.put("k", "v", lease=42)
     assert c.put("canary", "ok2").header.revision == before + 1
 
 
