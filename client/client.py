@@ -553,6 +553,12 @@ def _cas(key: Any, old_value: Any, new_value: Any) -> Txn:
 
 
 def _settle(batch: list[_Pending], results: list) -> None:
+    if len(results) != len(batch):
+        # Never leave a caller waiting forever on a malformed answer.
+        broken = RaftKVError(f"the cluster answered {len(results)} results for {len(batch)} requests")
+        if len(results) == 1 and isinstance(results[0], BaseException):
+            broken = results[0]
+        results = [broken] * len(batch)
     _resolve(batch, results)
 
 
