@@ -51,18 +51,12 @@ def validate(op: Any, limits: Limits = DEFAULT_LIMITS, *, size: int | None = Non
             txn has more than limits.max_txn_ops operations.
     """
     t = type(op)
-    if t is Put:
-        _check_put(op)
-    elif t is Range:
-        _check_range(op)
-    elif t is DeleteRange:
-        _check_delete(op)
-    elif t is Txn:
-        _check_txn(op, limits.max_txn_ops)
-        _branch_writes(op.success)
-        _branch_writes(op.failure)
-    elif t is Compact:
+    if t is Compact:
         _check_int(op.revision, "Compact.revision", minimum=1)
+    elif _check_op(op, limits.max_txn_ops):
+        if t is Txn:
+            _branch_writes(op.success)
+            _branch_writes(op.failure)
     else:
         raise InvalidRequest(
             f"unsupported request type {t.__name__}; use Put, Range, DeleteRange, Txn or Compact"
@@ -193,17 +187,26 @@ def _check_txn(txn: Txn, budget: int) -> None:
     for c in txn.compare:
         _check_compare(c)
     for op in txn.success + txn.failure:
-        t = type(op)
-        if t is Put:
-            _check_put(op)
-        elif t is Range:
-            _check_range(op)
-        elif t is DeleteRange:
-            _check_delete(op)
-        elif t is Txn:
-            _check_txn(op, budget - used)
-        else:
-            raise InvalidRequest(f"{t.__name__} is not allowed inside a Txn; use Put, Range, DeleteRange or Txn")
+        if not _check_op(op, budget - used):
+            raise InvalidRequest(
+                f"{type(op).__name__} is not allowed inside a Txn; use Put, Range, DeleteRange or Txn"
+            )
+
+
+def _check_op(op: Any, budget: int) -> bool:
+    """Check a Put, Range, DeleteRange or Txn (with `budget` ops); False for any other type."""
+    t = type(op)
+    if t is Put:
+        _check_put(op)
+    elif t is Range:
+        _check_range(op)
+    elif t is DeleteRange:
+        _check_delete(op)
+    elif t is Txn:
+        _check_txn(op, budget)
+    else:
+        return False
+    return True
 
 
 # --- the txn duplicate-key rule ----------------------------------------------
