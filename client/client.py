@@ -386,8 +386,12 @@ class Client:
         """Call `method` on the leader (or any replica), following hints and retrying."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        backoff = 0.01
-        target: int | None = None if leader_only else random.randrange(self._replicas)
+        backoff = _Backoff()
+
+        def fresh_target() -> int | None:  # None: find the leader first
+            return None if leader_only else random.randrange(self._replicas)
+
+        target = fresh_target()
         last_error = "no leader"
         while loop.time() < deadline:
             if self._closed:
@@ -395,15 +399,13 @@ class Client:
             if target is None:
                 target = self._leader if self._leader is not None else await self._find_leader(deadline)
                 if target is None:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.2)
+                    await backoff()
                     continue
             handle = self._handle(target)
             if handle is None:
-                target = None if leader_only else random.randrange(self._replicas)
+                target = fresh_target()
                 self._leader = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.2)
+                await backoff()
                 continue
             try:
                 # One attempt may not use the whole budget: a paused or cut-off
@@ -414,15 +416,14 @@ class Client:
             except asyncio.TimeoutError:
                 last_error = f"replica {target} did not answer"
                 self._leader = None
-                target = None if leader_only else random.randrange(self._replicas)
+                target = fresh_target()
                 continue
             except Exception as exc:  # dead or restarting replica
                 last_error = f"replica {target} failed: {type(exc).__name__}"
                 self._handles.pop(target, None)
                 self._leader = None
-                target = None if leader_only else random.randrange(self._replicas)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.2)
+                target = fresh_target()
+                await backoff()
                 continue
             if status == "ok":
                 if leader_only:
@@ -433,8 +434,7 @@ class Client:
                 self._leader = payload
                 target = payload
                 if payload is None:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.2)
+                    await backoff()
                 continue
             last_error = f"replica {target} timed out"  # "timeout": resend the same request ids
             self._leader = None
@@ -490,6 +490,19 @@ class Client:
             return
         raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
                               f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
+
+
+class _Backoff:
+    """The pause between retries: 10 ms, doubling up to 200 ms."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self) -> None:
+        self.delay = 0.01
+
+    async def __call__(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 0.2)
 
 
 class _CompareBuilder:
