@@ -341,15 +341,17 @@ class RaftNode:
             self.stats["entries"] += len(rd.entries)
         if rd.messages and not rd.early_send:
             self.transport.send(rd.messages)
-        if rd.committed:
-            self._apply(rd.committed)
+        # A read index not applied yet waits for _apply (it is at most the
+        # commit index, so this Ready's committed entries reach it).
         for rs in rd.read_states:
             fut = self._read_waiters.pop(rs.context, None)
             if fut is not None and not fut.done():
-                if self.core.log.applied >= rs.index or rs.index <= (rd.committed[-1].index if rd.committed else 0):
+                if rs.index <= self.core.log.applied:
                     fut.set_result(rs.index)
                 else:
                     self._apply_waiters.append((rs.index, fut))
+        if rd.committed:
+            self._apply(rd.committed)
         if rd.soft_state is not None:
             lead, role = rd.soft_state
             log.info("replica.role", replica=self.index, term=self.core.term, role=Role(role).name.lower(),
