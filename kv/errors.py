@@ -39,6 +39,26 @@ class LeaseNotFound(RaftKVError):
     """The lease does not exist (never granted, expired or revoked)."""
 
 
+class LeaseExists(RaftKVError):
+    """A lease with the requested id already exists; ask for id 0 to get a fresh one."""
+
+
+class LockTimeout(RaftKVError, TimeoutError):
+    """The lock was not acquired (or the election not won) within the timeout.
+
+    Nothing is left behind: the waiter's key was deleted.
+    """
+
+
+class LockNotHeld(RaftKVError):
+    """The lock is not held by this holder (released, or its lease expired)."""
+
+
+class NotElectionLeader(RaftKVError):
+    """This campaigner does not lead the election (never won, resigned, or its
+    lease expired), so it cannot proclaim."""
+
+
 class NotLeader(RaftKVError):
     """This replica is not the leader. `leader_hint` is the leader's replica id, or 0."""
 

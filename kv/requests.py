@@ -40,6 +40,13 @@ __all__ = [
     "Compare",
     "Txn",
     "Compact",
+    "LeaseGrant",
+    "LeaseRevoke",
+    "LeaseKeepAlive",
+    "LeaseCheckpoint",
+    "LeaseExpire",
+    "LEADER_ONLY_OPS",
+    "MAX_LEASE_TTL_MS",
     "Op",
     "TxnOp",
     "op_from_plain",
@@ -66,6 +73,13 @@ TAG_DELETE_RANGE = 3
 TAG_TXN = 4
 TAG_COMPACT = 5
 TAG_COMPARE = 6
+TAG_LEASE_GRANT = 7
+TAG_LEASE_REVOKE = 8
+TAG_LEASE_KEEPALIVE = 9
+TAG_LEASE_CHECKPOINT = 10
+TAG_LEASE_EXPIRE = 11
+
+MAX_LEASE_TTL_MS = 365 * 24 * 3600 * 1000  # a year
 
 
 def key_bytes(key: Key) -> bytes:
@@ -113,7 +127,8 @@ class Put:
 
     Attributes:
         key, value: bytes or str; the value is returned with the type given here.
-        lease: lease id to attach (0 for none). Stored only, for now.
+        lease: lease id to attach (0 for none); the lease must exist, and the
+            key is deleted when the lease expires or is revoked.
         prev_kv: return the key-value pair as it was before this put.
         ignore_value: keep the current value (value must be empty); fails with
             KeyNotFound if the key does not exist.
@@ -310,16 +325,127 @@ class Compact:
         return cls(plain[1])
 
 
-TxnOp = Union[Put, Range, DeleteRange, Txn]
-Op = Union[Put, Range, DeleteRange, Txn, Compact]
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """Create a lease of `ttl_ms` milliseconds.
 
-# tag -> request class; a later issue registers lease, lock and election ops here.
+    Attributes:
+        ttl_ms: the time to live; the leader raises it to its minimum (longer
+            than an election) before proposing.
+        id: the lease id wanted, or 0 to let the cluster pick one.
+    """
+
+    ttl_ms: int
+    id: int = 0
+
+    TAG: ClassVar[int] = TAG_LEASE_GRANT
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_GRANT, self.ttl_ms, self.id]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseGrant:
+        _check_shape(plain, TAG_LEASE_GRANT, 3, "LeaseGrant")
+        return cls(plain[1], plain[2])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """End a lease now and delete every key attached to it (one revision)."""
+
+    id: int
+
+    TAG: ClassVar[int] = TAG_LEASE_REVOKE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_REVOKE, self.id]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseRevoke:
+        _check_shape(plain, TAG_LEASE_REVOKE, 2, "LeaseRevoke")
+        return cls(plain[1])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """Renew a lease: its time to live starts again from its granted TTL."""
+
+    id: int
+
+    TAG: ClassVar[int] = TAG_LEASE_KEEPALIVE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_KEEPALIVE, self.id]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseKeepAlive:
+        _check_shape(plain, TAG_LEASE_KEEPALIVE, 2, "LeaseKeepAlive")
+        return cls(plain[1])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheckpoint:
+    """Leader only: record how long each lease has left, as the leader's
+    monotonic clock sees it, so a new leader neither renews nor shortens it.
+
+    Attributes:
+        remaining: (lease id, remaining milliseconds) pairs.
+    """
+
+    remaining: tuple[tuple[int, int], ...]
+
+    TAG: ClassVar[int] = TAG_LEASE_CHECKPOINT
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_CHECKPOINT, [list(p) for p in self.remaining]]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseCheckpoint:
+        _check_shape(plain, TAG_LEASE_CHECKPOINT, 2, "LeaseCheckpoint")
+        if type(plain[1]) is not list or any(type(p) is not list or len(p) != 2 for p in plain[1]):
+            raise InvalidRequest("malformed LeaseCheckpoint: expected a list of [id, remaining_ms] pairs")
+        return cls(tuple((p[0], p[1]) for p in plain[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExpire:
+    """Leader only: the leader's clock says lease `id` ran out. Applied as a
+    revoke unless the lease was renewed after the leader decided (its
+    `epoch`, the log index of its last grant or renewal, differs)."""
+
+    id: int
+    epoch: int
+
+    TAG: ClassVar[int] = TAG_LEASE_EXPIRE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_EXPIRE, self.id, self.epoch]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseExpire:
+        _check_shape(plain, TAG_LEASE_EXPIRE, 3, "LeaseExpire")
+        return cls(plain[1], plain[2])
+
+
+TxnOp = Union[Put, Range, DeleteRange, Txn]
+Op = Union[Put, Range, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke, LeaseKeepAlive]
+
+# Requests only a leader proposes (time enters the log through them); a
+# client submitting one is refused.
+LEADER_ONLY_OPS = (LeaseCheckpoint, LeaseExpire)
+
+# tag -> request class. Locks and elections are recipes over Put/Txn and need none.
 OP_TYPES: dict[int, type] = {
     TAG_PUT: Put,
     TAG_RANGE: Range,
     TAG_DELETE_RANGE: DeleteRange,
     TAG_TXN: Txn,
     TAG_COMPACT: Compact,
+    TAG_LEASE_GRANT: LeaseGrant,
+    TAG_LEASE_REVOKE: LeaseRevoke,
+    TAG_LEASE_KEEPALIVE: LeaseKeepAlive,
+    TAG_LEASE_CHECKPOINT: LeaseCheckpoint,
+    TAG_LEASE_EXPIRE: LeaseExpire,
 }
 _TXN_OP_TYPES = (Put, Range, DeleteRange, Txn)
 

@@ -27,6 +27,10 @@ __all__ = [
     "DeleteRangeResponse",
     "TxnResponse",
     "CompactResponse",
+    "LeaseGrantResponse",
+    "LeaseKeepAliveResponse",
+    "LeaseRevokeResponse",
+    "LeaseCheckpointResponse",
     "Response",
     "Result",
     "result_to_plain",
@@ -38,6 +42,10 @@ TAG_RANGE_RESPONSE = 102
 TAG_DELETE_RANGE_RESPONSE = 103
 TAG_TXN_RESPONSE = 104
 TAG_COMPACT_RESPONSE = 105
+TAG_LEASE_GRANT_RESPONSE = 106
+TAG_LEASE_KEEPALIVE_RESPONSE = 107
+TAG_LEASE_REVOKE_RESPONSE = 108
+TAG_LEASE_CHECKPOINT_RESPONSE = 109
 TAG_ERROR = 199
 
 
@@ -184,7 +192,79 @@ class CompactResponse:
         return cls(ResponseHeader.from_plain(plain[1]))
 
 
-Response = Union[PutResponse, RangeResponse, DeleteRangeResponse, TxnResponse, CompactResponse]
+@dataclass(frozen=True, slots=True)
+class LeaseGrantResponse:
+    """A new lease: its id and granted TTL (the minimum may have raised it)."""
+
+    header: ResponseHeader
+    id: int
+    ttl_ms: int
+
+    TAG: ClassVar[int] = TAG_LEASE_GRANT_RESPONSE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_GRANT_RESPONSE, self.header.to_plain(), self.id, self.ttl_ms]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseGrantResponse:
+        return cls(ResponseHeader.from_plain(plain[1]), plain[2], plain[3])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAliveResponse:
+    """A renewed lease: it lives `ttl_ms` from the leader's apply of the renewal."""
+
+    header: ResponseHeader
+    id: int
+    ttl_ms: int
+
+    TAG: ClassVar[int] = TAG_LEASE_KEEPALIVE_RESPONSE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_KEEPALIVE_RESPONSE, self.header.to_plain(), self.id, self.ttl_ms]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseKeepAliveResponse:
+        return cls(ResponseHeader.from_plain(plain[1]), plain[2], plain[3])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeResponse:
+    """A lease that ended (revoked or expired) and how many keys went with it."""
+
+    header: ResponseHeader
+    id: int
+    deleted: int
+
+    TAG: ClassVar[int] = TAG_LEASE_REVOKE_RESPONSE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_REVOKE_RESPONSE, self.header.to_plain(), self.id, self.deleted]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseRevokeResponse:
+        return cls(ResponseHeader.from_plain(plain[1]), plain[2], plain[3])
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheckpointResponse:
+    """How many of the checkpointed leases still existed."""
+
+    header: ResponseHeader
+    updated: int
+
+    TAG: ClassVar[int] = TAG_LEASE_CHECKPOINT_RESPONSE
+
+    def to_plain(self) -> list[Any]:
+        return [TAG_LEASE_CHECKPOINT_RESPONSE, self.header.to_plain(), self.updated]
+
+    @classmethod
+    def from_plain(cls, plain: list[Any]) -> LeaseCheckpointResponse:
+        return cls(ResponseHeader.from_plain(plain[1]), plain[2])
+
+
+Response = Union[PutResponse, RangeResponse, DeleteRangeResponse, TxnResponse, CompactResponse,
+                 LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, LeaseCheckpointResponse]
 Result = Union[Response, RaftKVError]
 
 RESPONSE_TYPES: dict[int, type] = {
@@ -193,6 +273,10 @@ RESPONSE_TYPES: dict[int, type] = {
     TAG_DELETE_RANGE_RESPONSE: DeleteRangeResponse,
     TAG_TXN_RESPONSE: TxnResponse,
     TAG_COMPACT_RESPONSE: CompactResponse,
+    TAG_LEASE_GRANT_RESPONSE: LeaseGrantResponse,
+    TAG_LEASE_KEEPALIVE_RESPONSE: LeaseKeepAliveResponse,
+    TAG_LEASE_REVOKE_RESPONSE: LeaseRevokeResponse,
+    TAG_LEASE_CHECKPOINT_RESPONSE: LeaseCheckpointResponse,
 }
 
 

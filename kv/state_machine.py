@@ -43,14 +43,32 @@ import structlog
 
 from kv.batch import BATCH_FORMAT_V1, Command, decode_batch, decode_slots, encode_batch
 from kv.codec import decode, encode
-from kv.errors import CodecError, InvalidRequest, KeyNotFound, RaftKVError
+from kv.errors import CodecError, InvalidRequest, KeyNotFound, LeaseNotFound, RaftKVError
+from kv.leases import LeaseTable
 from kv.limits import DEFAULT_LIMITS, Limits
 from kv.mvcc import CREATE, LEASE, MOD, VALUE, VERSION, Event, MVCCStore, Record
-from kv.requests import Compare, Compact, DeleteRange, Put, Range, Txn, key_bytes
+from kv.requests import (
+    Compact,
+    Compare,
+    DeleteRange,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Put,
+    Range,
+    Txn,
+    key_bytes,
+)
 from kv.responses import (
     CompactResponse,
     DeleteRangeResponse,
     KeyValue,
+    LeaseCheckpointResponse,
+    LeaseGrantResponse,
+    LeaseKeepAliveResponse,
+    LeaseRevokeResponse,
     PutResponse,
     RangeResponse,
     ResponseHeader,
@@ -62,11 +80,12 @@ from kv.sessions import SessionTable
 from kv.validation import range_bounds, validate
 
 # Command, encode_batch and decode_batch live in kv.batch; re-exported here.
-__all__ = ["Command", "KVStateMachine", "encode_batch", "decode_batch", "BATCH_FORMAT_V1", "SNAPSHOT_FORMAT_V1"]
+__all__ = ["Command", "KVStateMachine", "encode_batch", "decode_batch", "BATCH_FORMAT_V1", "SNAPSHOT_FORMAT"]
 
 log = structlog.get_logger(__name__)
 
-SNAPSHOT_FORMAT_V1 = 1
+# 2: leases added (format 1 was never written to disk: snapshots came later).
+SNAPSHOT_FORMAT = 2
 _SNAPSHOT_MAGIC = "raftkv.kv"
 
 
@@ -130,13 +149,19 @@ class KVStateMachine:
     Not thread-safe: one replica loop drives it.
     """
 
-    # request type -> handler method name; later issues add leases, locks, elections
+    # request type -> handler method name (locks and elections are client
+    # recipes over Put, Txn and leases; they need no handler of their own)
     _HANDLERS: dict[type, str] = {
         Put: "_apply_put",
         Range: "_apply_range",
         DeleteRange: "_apply_delete_range",
         Txn: "_apply_txn",
         Compact: "_apply_compact",
+        LeaseGrant: "_apply_lease_grant",
+        LeaseRevoke: "_apply_lease_revoke",
+        LeaseKeepAlive: "_apply_lease_keepalive",
+        LeaseCheckpoint: "_apply_lease_checkpoint",
+        LeaseExpire: "_apply_lease_expire",
     }
 
     def __init__(self, limits: Limits | None = None) -> None:
@@ -152,6 +177,8 @@ class KVStateMachine:
         self._now = 0.0  # invariant: only increases
         self._store = MVCCStore()
         self._sessions = SessionTable(self.limits)
+        self._leases = LeaseTable()
+        self._index = 0  # the index of the entry being applied
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             t: getattr(self, name) for t, name in self._HANDLERS.items()
         }
@@ -177,6 +204,11 @@ class KVStateMachine:
     def store(self) -> MVCCStore:
         """The MVCC store (read-only use: watches, debugging)."""
         return self._store
+
+    @property
+    def leases(self) -> LeaseTable:
+        """The lease table (read-only use: the leader's lease keeper, time-to-live queries)."""
+        return self._leases
 
     @property
     def sessions(self) -> SessionTable:
@@ -224,6 +256,7 @@ class KVStateMachine:
                 if now > self._now and math.isfinite(now):
                     self._now = now  # a clock reading behind the latest is ignored
                 now = self._now
+                self._index = index
                 sessions = self._sessions
                 sessions.expire(now)
                 execute = self._execute
@@ -305,6 +338,40 @@ class KVStateMachine:
         log.info("kv.compacted", revision=op.revision)
         return CompactResponse(self._header(term))
 
+    def _apply_lease_grant(self, op: LeaseGrant, term: int) -> LeaseGrantResponse:
+        lease = self._leases.grant(op.ttl_ms, op.id, self._index)
+        return LeaseGrantResponse(self._header(term), lease.id, lease.ttl_ms)
+
+    def _apply_lease_keepalive(self, op: LeaseKeepAlive, term: int) -> LeaseKeepAliveResponse:
+        lease = self._leases.renew(op.id, self._index)
+        return LeaseKeepAliveResponse(self._header(term), lease.id, lease.ttl_ms)
+
+    def _apply_lease_checkpoint(self, op: LeaseCheckpoint, term: int) -> LeaseCheckpointResponse:
+        return LeaseCheckpointResponse(self._header(term), self._leases.checkpoint(op.remaining))
+
+    def _apply_lease_revoke(self, op: LeaseRevoke, term: int) -> LeaseRevokeResponse:
+        return self._end_lease(op.id, term)
+
+    def _apply_lease_expire(self, op: LeaseExpire, term: int) -> LeaseRevokeResponse:
+        lease = self._leases.require(op.id)
+        if lease.epoch != op.epoch:
+            # Renewed after the leader decided it had run out: it lives on.
+            raise LeaseNotFound(f"lease {op.id} was renewed at index {lease.epoch}; expiry {op.epoch} is stale")
+        log.info("kv.lease_expired", lease=op.id, keys=len(lease.keys))
+        return self._end_lease(op.id, term)
+
+    def _end_lease(self, lease_id: int, term: int) -> LeaseRevokeResponse:
+        """Forget a lease and delete its keys, all at one revision."""
+        lease = self._leases.remove(lease_id)
+        store = self._store
+        store.begin()
+        try:
+            for key in sorted(lease.keys):
+                store.delete_range(key)
+        finally:
+            store.end()
+        return LeaseRevokeResponse(self._header(term), lease_id, len(lease.keys))
+
     def _apply_txn(self, op: Txn, term: int) -> TxnResponse:
         path: list[bool] = []
         self._eval_compares(op, path)  # against the store before the txn
@@ -365,6 +432,9 @@ class KVStateMachine:
     # --- operations (no header: shared by single requests and txns) ------------------
 
     def _check_put(self, op: Put) -> None:
+        if op.lease and op.lease not in self._leases:
+            raise LeaseNotFound(f"lease {op.lease} does not exist (never granted, expired or revoked); "
+                                "grant a new one")
         if (op.ignore_value or op.ignore_lease) and self._store.get_record(key_bytes(op.key)) is None:
             raise KeyNotFound(
                 f"key {op.key!r} does not exist; ignore_value and ignore_lease need an existing key"
@@ -381,6 +451,12 @@ class KVStateMachine:
             if op.ignore_lease:
                 lease = cur[LEASE]
         prev = self._store.put(key, value, lease)
+        old_lease = prev[LEASE] if prev is not None else 0
+        if old_lease != lease:
+            if old_lease:
+                self._leases.detach(old_lease, key)
+            if lease:
+                self._leases.attach(lease, key)
         if prev is None or not op.prev_kv:
             return None
         return KeyValue(op.key, prev[VALUE], prev[CREATE], prev[MOD], prev[VERSION], prev[LEASE])
@@ -418,6 +494,9 @@ class KVStateMachine:
     def _do_delete(self, op: DeleteRange) -> tuple[int, tuple[KeyValue, ...]]:
         start, end = range_bounds(op.key, op.range_end)
         deleted = self._store.delete_range(start, end)
+        for k, rec in deleted:
+            if rec[LEASE]:
+                self._leases.detach(rec[LEASE], k)
         if not op.prev_kv:
             return len(deleted), ()
         request_key = op.key
@@ -431,7 +510,8 @@ class KVStateMachine:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes: store with history and compaction point,
-        sessions with their remembered results, applied index and term, clock.
+        sessions with their remembered results, leases, applied index and
+        term, clock.
 
         Consistency: deterministic; replicas that applied the same entries
         produce identical bytes. Limits are not included: configure every
@@ -439,12 +519,13 @@ class KVStateMachine:
         """
         plain = [
             _SNAPSHOT_MAGIC,
-            SNAPSHOT_FORMAT_V1,
+            SNAPSHOT_FORMAT,
             self.applied_index,
             self.applied_term,
             self._now,
             self._store.to_plain(),
             self._sessions.to_plain(result_to_plain),
+            self._leases.to_plain(),
         ]
         return encode(plain)
 
@@ -458,18 +539,22 @@ class KVStateMachine:
             InvalidRequest: data decodes but its content is malformed.
         """
         plain = decode(data)
-        if type(plain) is not list or len(plain) != 7 or plain[0] != _SNAPSHOT_MAGIC:
+        if type(plain) is not list or len(plain) < 2 or plain[0] != _SNAPSHOT_MAGIC:
             raise CodecError("not a raftkv state machine snapshot")
-        if plain[1] != SNAPSHOT_FORMAT_V1:
+        if plain[1] != SNAPSHOT_FORMAT or len(plain) != 8:
             raise CodecError(
-                f"unknown snapshot format {plain[1]!r} (this replica reads {SNAPSHOT_FORMAT_V1}); upgrade it"
+                f"unknown snapshot format {plain[1]!r} (this replica reads {SNAPSHOT_FORMAT}); upgrade it"
             )
-        _, _, applied_index, applied_term, now, store_plain, sessions_plain = plain
+        _, _, applied_index, applied_term, now, store_plain, sessions_plain, leases_plain = plain
         if type(applied_index) is not int or type(applied_term) is not int or type(now) is not float:
             raise InvalidRequest("malformed snapshot header")
         store = MVCCStore.from_plain(store_plain)
         sessions = SessionTable.from_plain(sessions_plain, self.limits, result_from_plain)
+        attached = [(k, rec[LEASE]) for k, rec in store.range_items(b"\0", b"\0") if rec[LEASE]]
+        leases = LeaseTable.from_plain(leases_plain, attached)
+        leases.events.append(("reset", 0, 0))
         self._store = store
+        self._leases = leases
         self._sessions = sessions
         self.applied_index = applied_index
         self.applied_term = applied_term

@@ -18,8 +18,14 @@ from kv.requests import (
     COMPARE_TARGETS,
     SORT_ORDERS,
     SORT_TARGETS,
+    MAX_LEASE_TTL_MS,
     Compact,
     Compare,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
     DeleteRange,
     Put,
     Range,
@@ -53,13 +59,16 @@ def validate(op: Any, limits: Limits = DEFAULT_LIMITS, *, size: int | None = Non
     t = type(op)
     if t is Compact:
         _check_int(op.revision, "Compact.revision", minimum=1)
+    elif t in _LEASE_CHECKS:
+        _LEASE_CHECKS[t](op)
     elif _check_op(op, limits.max_txn_ops):
         if t is Txn:
             _branch_writes(op.success)
             _branch_writes(op.failure)
     else:
         raise InvalidRequest(
-            f"unsupported request type {t.__name__}; use Put, Range, DeleteRange, Txn or Compact"
+            f"unsupported request type {t.__name__}; use Put, Range, DeleteRange, Txn, Compact "
+            "or a lease request"
         )
     if size is None:
         size = len(encode(op.to_plain()))
@@ -191,6 +200,38 @@ def _check_txn(txn: Txn, budget: int) -> None:
             raise InvalidRequest(
                 f"{type(op).__name__} is not allowed inside a Txn; use Put, Range, DeleteRange or Txn"
             )
+
+
+def _check_grant(op: LeaseGrant) -> None:
+    _check_int(op.ttl_ms, "LeaseGrant.ttl_ms", minimum=1)
+    if op.ttl_ms > MAX_LEASE_TTL_MS:
+        raise InvalidRequest(f"lease TTL {op.ttl_ms / 1000:g} s is longer than the maximum of "
+                             f"{MAX_LEASE_TTL_MS // 1000} s")
+    _check_int(op.id, "LeaseGrant.id")
+
+
+def _check_checkpoint(op: LeaseCheckpoint) -> None:
+    if type(op.remaining) is not tuple:
+        raise InvalidRequest("LeaseCheckpoint.remaining must be a tuple of (id, remaining_ms) pairs")
+    for pair in op.remaining:
+        if type(pair) is not tuple or len(pair) != 2:
+            raise InvalidRequest("LeaseCheckpoint.remaining must hold (id, remaining_ms) pairs")
+        _check_int(pair[0], "LeaseCheckpoint lease id", minimum=1)
+        _check_int(pair[1], "LeaseCheckpoint remaining_ms")
+
+
+def _check_expire(op: LeaseExpire) -> None:
+    _check_int(op.id, "LeaseExpire.id", minimum=1)
+    _check_int(op.epoch, "LeaseExpire.epoch")
+
+
+_LEASE_CHECKS = {
+    LeaseGrant: _check_grant,
+    LeaseRevoke: lambda op: _check_int(op.id, "LeaseRevoke.id", minimum=1),
+    LeaseKeepAlive: lambda op: _check_int(op.id, "LeaseKeepAlive.id", minimum=1),
+    LeaseCheckpoint: _check_checkpoint,
+    LeaseExpire: _check_expire,
+}
 
 
 def _check_op(op: Any, budget: int) -> bool:

@@ -19,8 +19,22 @@ from kv.errors import (
     RequestTooLarge,
 )
 from kv.limits import Limits
-from kv.requests import Compact, Compare, DeleteRange, Put, Range, Txn, prefix_end
+from kv.requests import (
+    Compact,
+    Compare,
+    DeleteRange,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Put,
+    Range,
+    Txn,
+    prefix_end,
+)
 from kv.responses import (
+    RESPONSE_TYPES,
     CompactResponse,
     DeleteRangeResponse,
     KeyValue,
@@ -166,6 +180,8 @@ def test_encode_decode_batch():
 @pytest.fixture
 def filled():
     d = Driver()
+    d.ok(LeaseGrant(60_000, 8))  # leases take no revision
+    d.ok(LeaseGrant(60_000, 3))
     d.ok(Put(b"a", b"3"))  # 2
     d.ok(Put(b"b", b"1"))  # 3
     d.ok(Put(b"c", b"2"))  # 4
@@ -514,6 +530,10 @@ def _random_batches(seed: int, n: int) -> list[bytes]:
     def random_op(depth=0):
         r = rng.random()
         k = rng.choice(keys)
+        if depth == 0 and r < 0.1:
+            return rng.choice([LeaseGrant(5000, 5), LeaseGrant(5000, 5), LeaseRevoke(5), LeaseKeepAlive(5),
+                               LeaseExpire(5, rng.randint(0, 60)), LeaseCheckpoint(((5, rng.randint(0, 5000)),)),
+                               LeaseGrant(rng.randint(1, 9000))])
         if r < 0.4:
             return Put(k, rng.choice([b"v", "w", str(rng.randint(0, 9))]), lease=rng.choice([0, 0, 5]), prev_kv=rng.random() < 0.5)
         if r < 0.55:
@@ -602,7 +622,7 @@ def test_results_are_raftkv_errors_or_responses():
     sm = KVStateMachine()
     for index, data in enumerate(_random_batches(7, 60), 1):
         for r in sm.apply(index, 1, data):
-            assert isinstance(r, (RaftKVError, PutResponse, RangeResponse, DeleteRangeResponse, TxnResponse, CompactResponse))
+            assert isinstance(r, (RaftKVError, *RESPONSE_TYPES.values()))
 
 
 _FUZZ_BASE = [b for b in _random_batches(11, 40) if b]
@@ -619,7 +639,7 @@ def test_corrupt_entries_never_raise_out_of_apply(data):
     results = sm.apply(1, 1, bytes(raw))
     assert sm.applied_index == 1
     for r in results:
-        assert isinstance(r, (RaftKVError, PutResponse, RangeResponse, DeleteRangeResponse, TxnResponse, CompactResponse))
+        assert isinstance(r, (RaftKVError, *RESPONSE_TYPES.values()))
 
 
 @settings(max_examples=200, deadline=None)
