@@ -56,6 +56,8 @@ from kv.errors import (
     Unavailable,
 )
 from kv.limits import DEFAULT_LIMITS, Limits
+from kv.requests import LeaseGrant, LeaseKeepAlive, LeaseRevoke
+from client.leases import Lease, LeaseStatus, Session, ttl_ms
 from kv.validation import validate
 from raft_actors.cluster import DEFAULT_NAMESPACE
 from raft_actors.node import actor_name
@@ -124,16 +126,21 @@ class Client:
     # ------------------------------------------------------------------
     # Key-value API. Each sync method has an async twin prefixed with "a".
     # ------------------------------------------------------------------
-    def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0, prev_kv: bool = False) -> PutResponse:
+    def put(self, key: bytes | str, value: bytes | str, *, lease: "int | Lease" = 0,
+            prev_kv: bool = False) -> PutResponse:
         """Set `key` to `value`. Returns a PutResponse (header with revision and raft term, prev_kv).
+
+        With `lease` (a Lease or its id) the key is deleted when the lease ends.
 
         Raises:
             InvalidRequest / RequestTooLarge: bad key, value or size.
+            LeaseNotFound: the lease does not exist (expired, revoked, never granted).
             Unavailable: no leader committed it within the timeout (outcome unknown).
         """
         return self._write(_put(key, value, lease, prev_kv)).result()
 
-    async def aput(self, key: bytes | str, value: bytes | str, *, lease: int = 0, prev_kv: bool = False) -> PutResponse:
+    async def aput(self, key: bytes | str, value: bytes | str, *, lease: "int | Lease" = 0,
+                   prev_kv: bool = False) -> PutResponse:
         return await self._write(_put(key, value, lease, prev_kv), aio=True)
 
     def get(self, key: bytes | str, *, serializable: bool = False, revision: int = 0) -> KeyValue | None:
@@ -203,6 +210,71 @@ class Client:
 
     async def acompact(self, revision: int) -> Any:
         return await self._write(Compact(revision), aio=True)
+
+    # ------------------------------------------------------------------
+    # Leases
+    # ------------------------------------------------------------------
+    def lease(self, ttl: float, *, id: int = 0) -> Lease:
+        """Grant a lease of `ttl` seconds (raised to the cluster's minimum,
+        2 s by default; `Lease.ttl` says what was granted). Nothing renews
+        it: call `refresh()`, or use `session()` for a background keep-alive.
+
+        Args:
+            ttl: seconds to live.
+            id: the id wanted (0: the cluster picks one).
+        Raises:
+            LeaseExists: `id` is taken.
+        """
+        r = self._write(LeaseGrant(ttl_ms(ttl), id)).result()
+        return Lease(self, r.id, r.ttl_ms / 1000.0)
+
+    async def alease(self, ttl: float, *, id: int = 0) -> Lease:
+        r = await self._write(LeaseGrant(ttl_ms(ttl), id), aio=True)
+        return Lease(self, r.id, r.ttl_ms / 1000.0)
+
+    def lease_keepalive(self, lease_id: "int | Lease") -> float:
+        """Renew a lease for its full TTL (returned, in seconds). Raises LeaseNotFound."""
+        return self._write(LeaseKeepAlive(_lease_id(lease_id))).result().ttl_ms / 1000.0
+
+    async def alease_keepalive(self, lease_id: "int | Lease") -> float:
+        return (await self._write(LeaseKeepAlive(_lease_id(lease_id)), aio=True)).ttl_ms / 1000.0
+
+    def lease_revoke(self, lease_id: "int | Lease") -> int:
+        """End a lease now, deleting its keys (returns how many). Raises LeaseNotFound."""
+        return self._write(LeaseRevoke(_lease_id(lease_id))).result().deleted
+
+    async def alease_revoke(self, lease_id: "int | Lease") -> int:
+        return (await self._write(LeaseRevoke(_lease_id(lease_id)), aio=True)).deleted
+
+    def lease_time_to_live(self, lease_id: "int | Lease", *, keys: bool = False) -> LeaseStatus:
+        """The lease's TTL and time left on the leader's clock (linearizable). Raises LeaseNotFound."""
+        self._check_open()
+        return self._call(self._lease_info(_lease_id(lease_id), keys))
+
+    async def alease_time_to_live(self, lease_id: "int | Lease", *, keys: bool = False) -> LeaseStatus:
+        self._check_open()
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._lease_info(_lease_id(lease_id), keys), self._loop))
+
+    def leases(self) -> list[LeaseStatus]:
+        """Every lease of the cluster (linearizable)."""
+        self._check_open()
+        return self._call(self._lease_info(None, False))
+
+    def session(self, ttl: float = 10.0) -> Session:
+        """A lease renewed in the background every ttl/3 until `close()`
+        (a context manager). Locks and elections are built on sessions."""
+        self._check_open()
+        return Session(self, ttl)
+
+    async def _lease_info(self, lease_id: int | None, keys: bool) -> Any:
+        infos = await self._route("lease_info", (None if lease_id is None else [lease_id], keys), leader_only=True)
+        out = [LeaseStatus(i[0], i[1] / 1000.0, i[2] / 1000.0, tuple(i[3])) for i in infos if i is not None]
+        if lease_id is None:
+            return out
+        if not out:
+            raise LeaseNotFound(f"lease {lease_id} does not exist (never granted, expired or revoked)")
+        return out[0]
 
     def status(self) -> list[dict]:
         """Every replica's status mapping (role, term, commit_index, applied_index, leader, ...)."""
@@ -535,12 +607,16 @@ async def _await_ref(ref: Any) -> Any:
     return await asyncio.wrap_future(ref.future())
 
 
-def _put(key: Any, value: Any, lease: int, prev_kv: bool) -> Put:
-    if lease:
-        # No lease can exist yet (leases come with the next release); storing
-        # an id nobody granted would look attached and never expire.
-        raise LeaseNotFound(f"lease {lease!r} does not exist: leases are not available in this version")
-    return Put(key, value, lease, prev_kv)
+def _put(key: Any, value: Any, lease: Any, prev_kv: bool) -> Put:
+    return Put(key, value, _lease_id(lease) if lease else 0, prev_kv)
+
+
+def _lease_id(lease: Any) -> int:
+    if isinstance(lease, Lease):
+        return lease.id
+    if isinstance(lease, bool) or not isinstance(lease, int):
+        raise InvalidRequest(f"lease must be a Lease or an int id, got {type(lease).__name__}")
+    return lease
 
 
 def _first(resp: RangeResponse) -> KeyValue | None:

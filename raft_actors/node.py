@@ -39,9 +39,11 @@ from typing import Any
 
 import structlog
 
-from kv import KVStateMachine, encode_batch
-from kv.errors import NotLeader
+from kv import Command, KVStateMachine, encode_batch
+from kv.errors import InvalidRequest, NotLeader
+from kv.requests import LEADER_ONLY_OPS, LeaseGrant
 from raft_actors.core import Config, RaftCore, Role
+from raft_actors.leases import LeaseKeeper
 from raft_actors.transport import Transport
 from raft_actors.types import NONE, Entry, EntryKind, HardState, Message
 from raft_actors.wal import FileStorage
@@ -85,6 +87,14 @@ class NodeOptions:
     heartbeat_ticks: int = 2
     request_timeout_s: float = 5.0
     log_level: str = "warning"
+    lease_checkpoint_s: float = 0.5
+
+    @property
+    def min_lease_ttl_ms(self) -> int:
+        """The shortest lease granted: longer than an election takes (etcd
+        uses 1.5 election timeouts; we use 1.5 of the longest randomized one,
+        and at least 2 s), so a leader change does not expire healthy leases."""
+        return max(2000, int(1.5 * 2 * self.election_ticks * self.tick_ms))
 
 
 class RaftNode:
@@ -113,6 +123,7 @@ class RaftNode:
         self.core = RaftCore(config, persisted, random.Random(int.from_bytes(os.urandom(8), "little")))
         self.sm = KVStateMachine()
         self.transport = Transport(self.id, self._resolve_peer)
+        self.leases = LeaseKeeper(self.opts.lease_checkpoint_s)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{index}")
         self._waiters: dict[int, tuple[asyncio.Future, int]] = {}  # log index -> (future, term)
         self._read_waiters: dict[bytes, asyncio.Future] = {}  # ReadIndex context -> future
@@ -230,6 +241,10 @@ class RaftNode:
         core = self.core
         if core.role != Role.LEADER or core.lead_transferee != NONE or self._closed:
             return ("not_leader", self._leader_index())
+        try:
+            commands = self._admit(commands)
+        except InvalidRequest as exc:  # nothing of this batch is proposed
+            return ("ok", [exc] * len(commands))
         data = encode_batch(commands, time.time())
         index = core.propose([data])
         fut = asyncio.get_running_loop().create_future()
@@ -244,6 +259,64 @@ class RaftNode:
             return ("timeout", None)
         return ("ok", results)
 
+    def _admit(self, commands: list) -> list:
+        """Raise short lease TTLs to the minimum (the state machine applies
+        what is proposed). Raises InvalidRequest for a request only a leader
+        may propose (time enters the log only through the leader)."""
+        out = None
+        min_ttl = self.opts.min_lease_ttl_ms
+        for i, c in enumerate(commands):
+            op = c.op
+            t = type(op)
+            if t is LeaseGrant and type(op.ttl_ms) is int and op.ttl_ms < min_ttl:
+                op = LeaseGrant(min_ttl, op.id)
+            elif t in LEADER_ONLY_OPS:
+                raise InvalidRequest(f"{t.__name__} is proposed by the leader only")
+            if op is not c.op:
+                if out is None:
+                    out = list(commands)
+                out[i] = Command(c.client_id, c.seq, c.ack, op)
+        return commands if out is None else out
+
+    async def lease_info(self, ids: list[int] | None, with_keys: bool = False) -> tuple[str, Any]:
+        """Leases as the leader sees them (after a ReadIndex round): for each
+        id asked (None: every lease), (id, granted ttl_ms, remaining ms on the
+        leader's clock, attached keys or []) or None if it does not exist."""
+        status = await self._linearize()
+        if status is not None:
+            return status
+        table, now = self.sm.leases, time.monotonic()
+        out = []
+        for lease_id in table.ids() if ids is None else ids:
+            lease = table.get(lease_id)
+            if lease is None:
+                out.append(None)
+                continue
+            left = self.leases.remaining_ms(lease_id, now)
+            out.append((lease.id, lease.ttl_ms, lease.remaining_ms if left is None else left,
+                        sorted(lease.keys) if with_keys else []))
+        return ("ok", out)
+
+    async def _linearize(self) -> tuple[str, Any] | None:
+        """Wait until a ReadIndex round confirms leadership and this replica
+        has applied up to the read index. None when done, else the answer
+        to give the client ("not_leader" or "timeout")."""
+        if self.core.role != Role.LEADER or self._closed:
+            return ("not_leader", self._leader_index())
+        ctx = next(self._ctx).to_bytes(8, "little")
+        fut = asyncio.get_running_loop().create_future()
+        self._read_waiters[ctx] = fut
+        self.core.read_index(ctx)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.opts.request_timeout_s)
+        except NotLeader:
+            return ("not_leader", self._leader_index())
+        except asyncio.TimeoutError:
+            self._read_waiters.pop(ctx, None)
+            return ("timeout", None)
+        return None
+
     async def query(self, ops: list, linearizable: bool = True) -> tuple[str, Any]:
         """Run a batch of reads.
 
@@ -254,21 +327,9 @@ class RaftNode:
         """
         self._ensure_started()
         if linearizable:
-            if self.core.role != Role.LEADER or self._closed:
-                return ("not_leader", self._leader_index())
-            ctx = next(self._ctx).to_bytes(8, "little")
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            self._read_waiters[ctx] = fut
-            self.core.read_index(ctx)
-            self._wake.set()
-            try:
-                await asyncio.wait_for(fut, self.opts.request_timeout_s)
-            except NotLeader:
-                return ("not_leader", self._leader_index())
-            except asyncio.TimeoutError:
-                self._read_waiters.pop(ctx, None)
-                return ("timeout", None)
+            status = await self._linearize()
+            if status is not None:
+                return status
         term = self.core.term
         results = []
         for op in ops:
@@ -305,6 +366,7 @@ class RaftNode:
                     # lose time than fire a burst of elections.
                     self.core.tick()
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
+                    self._propose_lease_work()
                 # Let requests and messages already queued on the loop step the
                 # core first, so one Ready (one fsync, one call per peer) takes
                 # them all.
@@ -356,9 +418,22 @@ class RaftNode:
             lead, role = rd.soft_state
             log.info("replica.role", replica=self.index, term=self.core.term, role=Role(role).name.lower(),
                      leader=lead - 1 if lead else None)
+            if role == Role.LEADER:
+                self.leases.become_leader(self.sm.leases, time.monotonic())
+            else:
+                self.leases.step_down()
             if role != Role.LEADER:
                 self._fail_waiters(NotLeader("leadership changed", lead))
         self.core.advance(rd)
+
+    def _propose_lease_work(self) -> None:
+        """As leader: propose expiries of leases past their deadline and
+        checkpoints of remaining TTLs (see raft_actors.leases)."""
+        if self.core.role != Role.LEADER or self.core.lead_transferee != NONE:
+            return
+        ops = self.leases.due(self.sm.leases, time.monotonic())
+        if ops:
+            self.core.propose([encode_batch([Command("", 0, 0, op) for op in ops], time.time())])
 
     def _hard_state_to_write(self, hs: HardState | None) -> HardState | None:
         """Which hard state must reach disk with this Ready.
@@ -393,6 +468,8 @@ class RaftNode:
             if e.kind == EntryKind.NORMAL and e.data:
                 results = self.sm.apply(e.index, e.term, e.data)
             applied = e.index
+            if self.sm.leases.events:
+                self.leases.observe(self.sm.leases, time.monotonic())
             waiter = self._waiters.pop(e.index, None)
             if waiter is not None:
                 fut, term = waiter
