@@ -29,6 +29,15 @@ if it is a tombstone. Reads at revision >= R stay exact; reads below R raise
 Compacted. Events (`changes_since`) are derived from the same histories, so
 events after R are exact, and those at or below R are gone.
 
+Events are found one of two ways, with the same result. A full scan walks the
+history of every key in the range: O(keys in range). For watchers that tail
+the store, the store also keeps a changelog: (revision, sub, key) of every
+change of the last `changelog_size` changes or so, in order, trimmed only at
+revision boundaries. Events since a revision the changelog still covers are
+then O(log n + changes since) to find. The changelog is a cache, rebuilt from
+nothing: it is not in `to_plain()`, and a store restored from a snapshot
+starts with an empty one (older start revisions fall back to the scan).
+
 Nothing here reads a clock, draws a random number or depends on anything but
 the calls made, in order: two stores given the same calls are identical.
 """
@@ -38,7 +47,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from kv.errors import Compacted, FutureRevision, InvalidRequest
 from kv.responses import KeyValue
@@ -53,6 +62,9 @@ _mod_of = itemgetter(MOD)
 
 # The range end that means "no upper bound" (etcd's convention).
 UNBOUNDED = b"\0"
+
+# Changelog entries kept for tailing watchers (about 5 MiB at most).
+DEFAULT_CHANGELOG_SIZE = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,37 @@ class Event:
     kv: KeyValue
     prev_kv: KeyValue | None
 
+    # etcd clients read these straight off the event.
+    @property
+    def key(self) -> bytes | str:
+        """The changed key."""
+        return self.kv.key
+
+    @property
+    def value(self) -> bytes | str:
+        """The value after a put; empty for a delete."""
+        return self.kv.value
+
+    @property
+    def mod_revision(self) -> int:
+        """The revision of the change (equal to `revision`)."""
+        return self.kv.mod_revision
+
+    @property
+    def create_revision(self) -> int:
+        """The create revision of the key after a put; 0 for a delete."""
+        return self.kv.create_revision
+
+    @property
+    def version(self) -> int:
+        """The key's version after a put; 0 for a delete."""
+        return self.kv.version
+
+    @property
+    def lease(self) -> int:
+        """The lease attached by a put; 0 for a delete or no lease."""
+        return self.kv.lease
+
 
 def record_to_kv(key: bytes | str, rec: Record) -> KeyValue:
     """Build the public KeyValue of a live record (key given in its final type)."""
@@ -85,9 +128,14 @@ class MVCCStore:
     Writes made between `begin()` and `end()` share one revision; a write made
     outside begin/end is its own revision. Reads at revision 0 see the latest
     state, including the writes of an open begin/end group.
+
+    Args:
+        changelog_size: about how many recent changes to remember for fast
+            event lookups (trimmed at revision boundaries; 0 disables it).
+            Not part of the state: it changes no result, only the cost.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, changelog_size: int = DEFAULT_CHANGELOG_SIZE) -> None:
         # invariant: _keys is sorted and holds exactly the keys of _index
         self._keys: list[bytes] = []
         # invariant: every history is non-empty and strictly increasing in MOD
@@ -97,6 +145,13 @@ class MVCCStore:
         self.compact_revision = 0
         self._txn_rev = 0  # the revision being written by an open group, else 0
         self._sub = 0  # next sub-revision within the open group
+        # The changelog: (revision, sub, key) of recent changes in applied order;
+        # entries before _log_head are dead (dropped in bulk, amortised O(1)).
+        # invariant: _log[_log_head:] holds every change with revision >= _log_start
+        self._log: list[tuple[int, int, bytes]] = []
+        self._log_head = 0
+        self._log_start = 1  # a new store's changelog has seen everything
+        self._log_size = changelog_size
 
     # --- write groups ---------------------------------------------------------
 
@@ -112,9 +167,27 @@ class MVCCStore:
         by one if anything was written, unchanged otherwise)."""
         if self._sub:
             self.revision = self._txn_rev
+            if len(self._log) - self._log_head > self._log_size:
+                self._trim_log(len(self._log) - self._log_size)
         self._txn_rev = 0
         self._sub = 0
         return self.revision
+
+    def _trim_log(self, upto: int) -> None:
+        """Drop changelog entries before position `upto`, and the rest of the
+        last dropped entry's revision (the changelog keeps whole revisions)."""
+        log = self._log
+        if upto <= self._log_head:
+            return
+        upto = min(upto, len(log))
+        last = log[upto - 1][0]
+        while upto < len(log) and log[upto][0] == last:
+            upto += 1
+        self._log_start = last + 1
+        self._log_head = upto
+        if upto > 1024 and upto * 2 > len(log):
+            del log[:upto]
+            self._log_head = 0
 
     @property
     def pending_revision(self) -> int:
@@ -243,6 +316,7 @@ class MVCCStore:
             else:
                 hist.append((rev, sub, rev, 1, value, lease))
                 prev = None
+        self._log.append((rev, sub, key))
         if auto:
             self.end()
         return prev
@@ -258,10 +332,12 @@ class MVCCStore:
             self.begin()
         rev, sub = self._txn_rev, self._sub
         index = self._index
+        log = self._log
         for k, rec in live:
             if rec[MOD] == rev:
                 raise RuntimeError(f"key {k!r} written twice at revision {rev}")
             index[k].append((rev, sub, 0, 0, None, 0))
+            log.append((rev, sub, k))
             sub += 1
         self._sub = sub
         if auto:
@@ -304,16 +380,24 @@ class MVCCStore:
         if emptied:
             self._keys = [k for k in self._keys if k in index]
         self.compact_revision = revision
+        # Changes at or below the compaction point can no longer be asked for.
+        log = self._log
+        self._trim_log(bisect_left(log, (revision + 1,), lo=self._log_head))
+        self._log_start = max(self._log_start, revision + 1)
 
     # --- events -----------------------------------------------------------------
 
-    def changes_since(self, revision: int, key: bytes, range_end: bytes | None = None) -> list[Event]:
+    def changes_since(self, revision: int, key: bytes, range_end: bytes | None = None, *,
+                      prev_kv: bool = True, scan: bool = False) -> list[Event]:
         """Every change to the keys of the range at or after revision, in the
         order they were applied (by revision, then within a txn).
 
         Args:
             revision: the first revision wanted (>= 1).
             key, range_end: the range, conventions as for range_items.
+            prev_kv: fill each event's prev_kv (else it is None).
+            scan: always walk the key histories, never the changelog (the two
+                give the same events; for tests and debugging).
 
         Raises:
             InvalidRequest: revision < 1.
@@ -321,40 +405,97 @@ class MVCCStore:
                 compaction point are gone (compact_revision + 1 is the oldest
                 revision a watch can start from).
         """
-        if revision < 1:
-            raise InvalidRequest(f"changes_since needs a revision >= 1, got {revision}")
+        return list(self.iter_changes(revision, key, range_end, prev_kv=prev_kv, scan=scan))
+
+    def iter_changes(self, revision: int, key: bytes, range_end: bytes | None = None, *,
+                     prev_kv: bool = True, scan: bool = False) -> Iterator[Event]:
+        """`changes_since` as an iterator, for callers that may stop early.
+
+        The errors are raised by this call, not by the iteration. Consume the
+        iterator before the store changes again (nothing checks that).
+        """
+        self.check_watch_revision(revision)
+        if range_end is None:
+            return self._key_changes(revision, key, prev_kv)  # one history: always cheap
+        if not scan and revision >= self._log_start:
+            log_pos = bisect_left(self._log, (revision,), lo=self._log_head)
+            keys = self._keys
+            lo = bisect_left(keys, key)
+            hi = len(keys) if range_end == UNBOUNDED else bisect_left(keys, range_end, lo)
+            # The scan costs a bisect per key of the range; the changelog a
+            # comparison per change since `revision`. Take the cheaper.
+            if (hi - lo) * 8 >= len(self._log) - log_pos:
+                return self._log_changes(log_pos, key, range_end, prev_kv)
+        return iter(self._scan_changes(revision, key, range_end, prev_kv))
+
+    def check_watch_revision(self, revision: int) -> None:
+        """Check that changes from `revision` on can still be listed.
+
+        Raises:
+            InvalidRequest: revision < 1 (or not an int).
+            Compacted: revision <= compact_revision.
+        """
+        if type(revision) is not int or revision < 1:
+            raise InvalidRequest(f"events start at a revision >= 1, got {revision!r}")
         if self.compact_revision and revision <= self.compact_revision:
             raise Compacted(
-                f"changes at revision {revision} have been compacted; watch from revision "
-                f"{self.compact_revision + 1} or later",
+                f"changes at revision {revision} have been compacted (the store is compacted at revision "
+                f"{self.compact_revision}); watch from revision {self.compact_revision + 1} or later",
                 self.compact_revision,
             )
-        if range_end is None:
-            keys = [key] if key in self._index else []
+
+    def _event(self, k: bytes, hist: list[Record], j: int, prev_kv: bool) -> Event:
+        """The event of record hist[j] of key k."""
+        rec = hist[j]
+        prev = None
+        if prev_kv and j:
+            p = hist[j - 1]
+            if p[VERSION]:
+                prev = record_to_kv(k, p)
+        if rec[VERSION]:
+            return Event("put", rec[MOD], record_to_kv(k, rec), prev)
+        return Event("delete", rec[MOD], KeyValue(k, b"", 0, rec[MOD], 0, 0), prev)
+
+    def _key_changes(self, revision: int, key: bytes, prev_kv: bool) -> Iterator[Event]:
+        hist = self._index.get(key)
+        if hist is None:
+            return
+        current = self.revision
+        for j in range(bisect_left(hist, revision, key=_mod_of), len(hist)):
+            if hist[j][MOD] > current:  # an open group's writes are not events yet
+                return
+            yield self._event(key, hist, j, prev_kv)
+
+    def _log_changes(self, pos: int, key: bytes, range_end: bytes, prev_kv: bool) -> Iterator[Event]:
+        log, index, current = self._log, self._index, self.revision
+        unbounded = range_end == UNBOUNDED
+        for j in range(pos, len(log)):
+            rev, _, k = log[j]
+            if rev > current:
+                return
+            if k < key or (not unbounded and k >= range_end):
+                continue
+            hist = index[k]
+            # invariant: a changelog entry's record survives compaction (rev > compact_revision)
+            yield self._event(k, hist, bisect_left(hist, rev, key=_mod_of), prev_kv)
+
+    def _scan_changes(self, revision: int, key: bytes, range_end: bytes, prev_kv: bool) -> list[Event]:
+        lo = bisect_left(self._keys, key)
+        if range_end == UNBOUNDED:
+            keys = self._keys[lo:]
+        elif range_end <= key:
+            keys = []
         else:
-            lo = bisect_left(self._keys, key)
-            if range_end == UNBOUNDED:
-                keys = self._keys[lo:]
-            elif range_end <= key:
-                keys = []
-            else:
-                keys = self._keys[lo : bisect_left(self._keys, range_end, lo)]
+            keys = self._keys[lo : bisect_left(self._keys, range_end, lo)]
         found: list[tuple[int, int, Event]] = []
         current = self.revision
         for k in keys:
             hist = self._index[k]
-            i = bisect_left(hist, revision, key=_mod_of)
-            for j in range(i, len(hist)):
+            for j in range(bisect_left(hist, revision, key=_mod_of), len(hist)):
                 rec = hist[j]
                 if rec[MOD] > current:  # an open group's writes are not events yet
                     break
-                prev = hist[j - 1] if j else None
-                prev_kv = record_to_kv(k, prev) if prev is not None and prev[VERSION] else None
-                if rec[VERSION]:
-                    ev = Event("put", rec[MOD], record_to_kv(k, rec), prev_kv)
-                else:
-                    ev = Event("delete", rec[MOD], KeyValue(k, b"", 0, rec[MOD], 0, 0), prev_kv)
-                found.append((rec[MOD], rec[SUB], ev))
+                found.append((rec[MOD], rec[SUB], self._event(k, hist, j, prev_kv)))
         found.sort(key=lambda t: (t[0], t[1]))
         return [ev for _, _, ev in found]
 
@@ -396,6 +537,7 @@ class MVCCStore:
             if len(store._index) != len(keys) or any(a >= b for a, b in zip(keys, keys[1:])):
                 raise InvalidRequest("malformed store snapshot: keys not strictly ascending")
             store._keys = keys
+            store._log_start = revision + 1  # the changelog starts empty, after the snapshot
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidRequest):
                 raise
