@@ -190,15 +190,21 @@ class Client:
     async def areplace(self, key: bytes | str, old_value: bytes | str, new_value: bytes | str) -> bool:
         return (await self._write(_cas(key, old_value, new_value), aio=True)).succeeded
 
-    def txn(self, compare: Sequence[Compare] = (), success: Sequence[Any] = (), failure: Sequence[Any] = ()) -> TxnResponse:
+    def txn(self, compare: Sequence[Compare] | None = None, success: Sequence[Any] | None = None,
+            failure: Sequence[Any] | None = None) -> Any:
         """An etcd transaction: if every compare holds run `success`, else `failure`, atomically.
+
+        Called with no arguments it returns a builder instead:
+        `client.txn().if_held(lock).then(Put(k, v)).else_(Range(k)).commit()`.
 
         Build compares with `client.value(key) == v`, `client.version(key) > 0`,
         `client.create_revision(key)`, `client.mod_revision(key)`, `client.lease_id(key)`
         (or `Compare(...)`), and ops with `Put`, `Range`, `DeleteRange`, `Txn`.
         Returns a TxnResponse (succeeded, responses, header).
         """
-        return self._write(Txn(tuple(compare), tuple(success), tuple(failure))).result()
+        if compare is None and success is None and failure is None:
+            return TxnBuilder(self)
+        return self._write(Txn(tuple(compare or ()), tuple(success or ()), tuple(failure or ()))).result()
 
     async def atxn(self, compare: Sequence[Compare] = (), success: Sequence[Any] = (),
                    failure: Sequence[Any] = ()) -> TxnResponse:
@@ -210,6 +216,56 @@ class Client:
 
     async def acompact(self, revision: int) -> Any:
         return await self._write(Compact(revision), aio=True)
+
+    # --- watches (client/watch.py) ---------------------------------------------
+    def watch(self, key: bytes | str, start_revision: int | None = None, prefix: bool = False, *,
+              range_end: bytes | str | None = None, prev_kv: bool = False, filters: Sequence[str] = ()) -> "Watch":
+        """Watch a key (or a prefix, or [key, range_end)) for changes.
+
+        Returns a Watch: iterate it (`for ev in w`) for events in revision
+        order (kv.Event: .type "put"/"delete", .key, .value, .mod_revision,
+        .create_revision, .version, .lease, .kv, .prev_kv); `w.cancel()` ends
+        it. Keys (and a delete's empty value) are str if `key` is a str. All
+        watches of a client share one long-poll stream to the leader.
+
+        Args:
+            start_revision: None (or 0): events after this call; it returns
+                once the start is fixed, so a write acknowledged after it
+                returns is delivered. R: replay history from revision R, then
+                continue live.
+            prefix: watch every key starting with `key` ("" for all keys).
+            range_end: watch [key, range_end) instead (b"\0": every key >= key).
+            prev_kv: fill each event's prev_kv (None if the key did not exist).
+            filters: "noput" and/or "nodelete": leave those events out.
+
+        Consistency: events are ordered, never repeated, never skipped, and a
+        revision's events are never split; across leader fail-over too.
+
+        Raises:
+            Compacted: start_revision is at or below the compaction point
+                (iteration raises it too if the watcher falls behind one).
+            InvalidRequest: bad key, range, filters or start_revision.
+            Unavailable: the cluster did not answer within the timeout.
+        """
+        return self._watch_hub().watch(key, start_revision, prefix, range_end=range_end, prev_kv=prev_kv,
+                                       filters=filters)
+
+    async def awatch(self, key: bytes | str, start_revision: int | None = None, prefix: bool = False, *,
+                     range_end: bytes | str | None = None, prev_kv: bool = False,
+                     filters: Sequence[str] = ()) -> "Watch":
+        """The async twin of watch(); iterate the result with `async for`."""
+        return await self._watch_hub().awatch(key, start_revision, prefix, range_end=range_end, prev_kv=prev_kv,
+                                              filters=filters)
+
+    def _watch_hub(self) -> "WatchHub":
+        from client.watch import WatchHub
+
+        self._check_open()
+        hub = self.__dict__.get("_watch_hub_obj")
+        if hub is None:  # setdefault: two threads racing here get the same hub
+            hub = self.__dict__.setdefault("_watch_hub_obj", WatchHub(self))
+        return hub
+    # --- end watches -------------------------------------------------------------
 
     # ------------------------------------------------------------------
     # Leases
@@ -265,7 +321,39 @@ class Client:
         """A lease renewed in the background every ttl/3 until `close()`
         (a context manager). Locks and elections are built on sessions."""
         self._check_open()
-        return Session(self, ttl)
+        return Session.create(self, ttl)
+
+    async def asession(self, ttl: float = 10.0) -> Session:
+        self._check_open()
+        return await Session.acreate(self, ttl)
+
+    # ------------------------------------------------------------------
+    # Locks and elections (recipes over leases, txns and watches)
+    # ------------------------------------------------------------------
+    def lock(self, name: str, ttl: float = 10.0, timeout: float | None = None,
+             session: Session | None = None) -> "Lock":
+        """A fair distributed lock with a fencing token; acquire it with `with`
+        (or `async with`, or `acquire()`). See client.lock for why fencing matters.
+
+        Args:
+            name: the lock's name (its keys live under a reserved prefix).
+            ttl: the lease TTL of the session the lock makes for itself: how
+                long a dead holder can keep it.
+            timeout: seconds to wait for it (None: for ever); LockTimeout after.
+            session: share an existing Session instead of making one.
+        """
+        from client.lock import Lock
+
+        self._check_open()
+        return Lock(self, name, ttl, timeout, session)
+
+    def election(self, name: str, ttl: float = 10.0, session: Session | None = None) -> "Election":
+        """A handle on leader election `name`: campaign, proclaim, resign,
+        leader, observe. `ttl`: the campaigner's session lease TTL."""
+        from client.election import Election
+
+        self._check_open()
+        return Election(self, name, ttl, session)
 
     async def _lease_info(self, lease_id: int | None, keys: bool) -> Any:
         infos = await self._route("lease_info", (None if lease_id is None else [lease_id], keys), leader_only=True)
@@ -314,6 +402,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self.__dict__.get("_watch_hub_obj") is not None:
+            self._watch_hub_obj.close()  # every watch ends (client/watch.py)
 
         def fail_all() -> None:
             closed = ClientClosed("the client was closed")
@@ -562,6 +652,45 @@ class Client:
             return
         raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
                               f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
+
+
+class TxnBuilder:
+    """Fluent form of a txn: `client.txn().if_(...).if_held(lock).then(...).else_(...).commit()`."""
+
+    __slots__ = ("_client", "_compare", "_success", "_failure")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._compare: list[Compare] = []
+        self._success: list[Any] = []
+        self._failure: list[Any] = []
+
+    def if_(self, *compares: Compare) -> "TxnBuilder":
+        self._compare.extend(compares)
+        return self
+
+    def if_held(self, holder: Any) -> "TxnBuilder":
+        """Only while `holder` (a Lock, or an Election we lead) still holds:
+        its key exists with its fencing token as create revision."""
+        self._compare.append(holder.fence())
+        return self
+
+    def then(self, *ops: Any) -> "TxnBuilder":
+        self._success.extend(ops)
+        return self
+
+    def else_(self, *ops: Any) -> "TxnBuilder":
+        self._failure.extend(ops)
+        return self
+
+    def build(self) -> Txn:
+        return Txn(tuple(self._compare), tuple(self._success), tuple(self._failure))
+
+    def commit(self) -> TxnResponse:
+        return self._client._write(self.build()).result()
+
+    async def acommit(self) -> TxnResponse:
+        return await self._client._write(self.build(), aio=True)
 
 
 class _Backoff:

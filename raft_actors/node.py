@@ -47,6 +47,7 @@ from raft_actors.leases import LeaseKeeper
 from raft_actors.transport import Transport
 from raft_actors.types import NONE, Entry, EntryKind, HardState, Message
 from raft_actors.wal import FileStorage
+from raft_actors.watch import WatchServer
 
 log = structlog.get_logger(__name__)
 
@@ -122,6 +123,7 @@ class RaftNode:
                         heartbeat_tick=self.opts.heartbeat_ticks)
         self.core = RaftCore(config, persisted, random.Random(int.from_bytes(os.urandom(8), "little")))
         self.sm = KVStateMachine()
+        self.watches = WatchServer(lambda: self.sm.store)  # answers watch_poll
         self.transport = Transport(self.id, self._resolve_peer)
         self.leases = LeaseKeeper(self.opts.lease_checkpoint_s)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{index}")
@@ -339,6 +341,30 @@ class RaftNode:
                 results.append(exc)
         return ("ok", results)
 
+    # --- watches (raft_actors/watch.py) ------------------------------------
+    async def watch_poll(self, watchers: dict, wait_s: float) -> tuple[str, Any]:
+        """Long poll for the events of many watchers at once (one client's hub).
+
+        Args:
+            watchers: {watch_id: (key, range_end, next_revision, prev_kv, filters)},
+                keys as bytes (see raft_actors/watch.py).
+            wait_s: how long to wait when no watcher has anything new.
+
+        Returns ("ok", WatchBatch) as soon as some watcher has events or an
+        error, else after wait_s with bookmarks only; ("not_leader",
+        leader_index_or_None) if this replica does not lead, or stops leading
+        while waiting. Events come from applied (committed) history only.
+        """
+        self._ensure_started()
+        batch = await self.watches.poll(watchers, wait_s, self._serves_watches)
+        if batch is None:
+            return ("not_leader", self._leader_index())
+        return ("ok", batch)
+
+    def _serves_watches(self) -> bool:
+        return self.core.role == Role.LEADER and not self._closed
+    # --- end watches --------------------------------------------------------
+
     # ------------------------------------------------------------------
     # The loop
     # ------------------------------------------------------------------
@@ -488,6 +514,7 @@ class RaftNode:
                 else:
                     still.append((index, fut))
             self._apply_waiters = still
+        self.watches.notify(self.sm.revision)  # wake watch polls waiting for news
 
     def _fail_waiters(self, exc: Exception) -> None:
         for fut, _ in self._waiters.values():
@@ -502,6 +529,7 @@ class RaftNode:
             if not fut.done():
                 fut.set_exception(exc)
         self._apply_waiters.clear()
+        self.watches.wake()  # waiting watch polls answer not_leader (closed, failed, stepped down)
 
     def _leader_index(self) -> int | None:
         lead = self.core.lead
