@@ -129,16 +129,26 @@ class Session:
         ttl: its granted TTL in seconds.
     """
 
-    def __init__(self, client: "Client", ttl: float = 10.0) -> None:
+    def __init__(self, client: "Client", lease: Lease, granted_at: float) -> None:
+        """Use `client.session(ttl)` (or `Session.create` / `Session.acreate`)."""
         self.client = client
-        sent = time.monotonic()
-        self.lease = client.lease(ttl)
-        self.ttl = self.lease.ttl
-        self._valid_until = sent + self.ttl  # by this process's clock, conservative
+        self.lease = lease
+        self.ttl = lease.ttl
+        self._valid_until = granted_at + self.ttl  # by this process's clock, conservative
         self._lost = threading.Event()
         self._closed = False
         self._callbacks: list[Callable[["Session"], Any]] = []
         self._task = asyncio.run_coroutine_threadsafe(self._keepalive(), client._loop)
+
+    @classmethod
+    def create(cls, client: "Client", ttl: float = 10.0) -> "Session":
+        sent = time.monotonic()
+        return cls(client, client.lease(ttl), sent)
+
+    @classmethod
+    async def acreate(cls, client: "Client", ttl: float = 10.0) -> "Session":
+        sent = time.monotonic()
+        return cls(client, await client.alease(ttl), sent)
 
     @property
     def id(self) -> int:
@@ -153,11 +163,20 @@ class Session:
         """Seconds this process can still count on the lease (0 once lost)."""
         return 0.0 if self.lost else max(0.0, self._valid_until - time.monotonic())
 
-    def on_lost(self, callback: Callable[["Session"], Any]) -> None:
-        """Call `callback(session)` once the lease is lost (at once if it already is)."""
+    def on_lost(self, callback: Callable[["Session"], Any]) -> Callable[[], None]:
+        """Call `callback(session)` once the lease is lost (at once if it
+        already is). Returns a function that unregisters it."""
         self._callbacks.append(callback)
         if self.lost:
             self._run_callback(callback)
+
+        def unregister() -> None:
+            try:
+                self._callbacks.remove(callback)
+            except ValueError:
+                pass
+
+        return unregister
 
     def wait_lost(self, timeout: float | None = None) -> bool:
         return self._lost.wait(timeout)
@@ -176,6 +195,26 @@ class Session:
             except RaftKVError as exc:  # unreachable cluster: the TTL will end it
                 log.warning("session.revoke_failed", lease=self.id, error=str(exc))
         self._mark_lost("closed")
+
+    async def aclose(self, revoke: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        if revoke and not self.lost:
+            try:
+                await self.lease.arevoke()
+            except (LeaseNotFound, ClientClosed):
+                pass
+            except RaftKVError as exc:
+                log.warning("session.revoke_failed", lease=self.id, error=str(exc))
+        self._mark_lost("closed")
+
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __enter__(self) -> "Session":
         return self
@@ -220,7 +259,7 @@ class Session:
         if why != "closed":
             log.warning("session.lost", lease=self.id, reason=why)
         self._lost.set()
-        for cb in self._callbacks:
+        for cb in list(self._callbacks):
             self._run_callback(cb)
 
     def _run_callback(self, cb: Callable[["Session"], Any]) -> None:
