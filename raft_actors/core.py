@@ -29,6 +29,23 @@ Outgoing appends and heartbeats are coalesced: proposals and commit updates
 mark followers dirty, and `ready()` sends one AppendEntries per follower for
 all of them; many ReadIndex requests share one heartbeat round.
 
+Snapshots and log compaction: the application tells the core, with
+`compact(index, data)`, that its state machine snapshot `data` covers every
+entry up to `index`; the core drops that prefix of its log and keeps the
+snapshot to send. A follower that needs entries the leader no longer has gets
+the snapshot instead: InstallSnapshot as SNAP messages of at most
+`snapshot_chunk_bytes` each, a window of `max_inflight_snapshot_chunks` in
+flight (go-back-N: the follower asks for a resend from the first missing
+byte, and a transfer without progress for `snapshot_retry_ticks` resends from
+the last acknowledged chunk). A new leader, or a newer snapshot, starts the
+transfer over. The follower assembles the chunks of one (leader term,
+snapshot index, snapshot term), and on the last one installs the snapshot
+(Raft paper, figure 13: a log that holds the snapshot's last entry keeps what
+follows it, any other log is discarded), hands it to the driver in
+`Ready.snapshot`, and acknowledges; the leader then probes from the
+snapshot's index. A snapshot at or below the follower's commit index is never
+installed (it would roll the state machine back); it is only acknowledged.
+
 Roles are methods: `_step_leader`, `_step_candidate`, `_step_follower`,
 switched by `_become_*`.
 """
@@ -55,6 +72,8 @@ from raft_actors.types import (
     PersistedState,
     Ready,
     ReadState,
+    Snapshot,
+    SnapshotMeta,
 )
 
 log = structlog.get_logger(__name__)
@@ -84,6 +103,10 @@ class Config:
         max_msg_bytes: soft cap on entry bytes in one AppendEntries.
         applied: the application's applied index at start (0: replay from the
             snapshot point).
+        snapshot_chunk_bytes: snapshot data bytes in one SNAP message.
+        max_inflight_snapshot_chunks: SNAP messages in flight per follower.
+        snapshot_retry_ticks: ticks without progress after which a snapshot
+            transfer resends from the last acknowledged chunk (0: election_tick).
     """
 
     id: int
@@ -96,6 +119,9 @@ class Config:
     max_inflight_bytes: int = 64 * 1024 * 1024
     max_msg_bytes: int = 1024 * 1024
     applied: int = 0
+    snapshot_chunk_bytes: int = 1024 * 1024
+    max_inflight_snapshot_chunks: int = 4
+    snapshot_retry_ticks: int = 0
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -106,6 +132,9 @@ class Config:
             raise ValueError(f"duplicate peer ids in {self.peers}")
         if not 0 < self.heartbeat_tick < self.election_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.snapshot_chunk_bytes <= 0 or self.max_inflight_snapshot_chunks <= 0 or self.snapshot_retry_ticks < 0:
+            raise ValueError("need snapshot_chunk_bytes > 0, max_inflight_snapshot_chunks > 0, "
+                             "snapshot_retry_ticks >= 0")
 
 
 @dataclass(slots=True)
@@ -114,6 +143,15 @@ class _PendingRead:
     index: int
     requester: int
     acks: set[int]
+
+
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    """A follower's partly received snapshot: the bytes from offset 0 on."""
+
+    key: tuple[int, int, int]  # (leader term, snapshot index, snapshot term)
+    buf: bytearray
+    nacked: int = -1  # the offset we last asked a resend from (ask once per gap)
 
 
 class RaftCore:
@@ -127,6 +165,16 @@ class RaftCore:
         self.quorum = len(self.peers) // 2 + 1
         self.rng = rng if rng is not None else random.Random(config.id)
         self.log = RaftLog(persisted, config.applied)
+        # The newest snapshot we hold (our own, installed, or loaded): what we
+        # send a follower that is behind our log. None when there is no data
+        # (no snapshot yet, or compaction recorded without it).
+        # invariant: _snapshot is None or _snapshot.meta.index == log.snapshot_index
+        self._snapshot: Snapshot | None = None
+        if persisted.snapshot.index > 0 and persisted.snapshot_data is not None:
+            self._snapshot = Snapshot(persisted.snapshot, persisted.snapshot_data)
+        self._pending_snapshot: Snapshot | None = None  # installed, not yet handed out in a Ready
+        self._incoming: _IncomingSnapshot | None = None  # follower: chunks assembled so far
+        self._retry_ticks = config.snapshot_retry_ticks or config.election_tick
         hs = persisted.hard_state
         self.term = hs.term
         self.vote = hs.vote
@@ -216,6 +264,51 @@ class RaftCore:
         else:
             self._dirty.add(to)
 
+    def compact(self, index: int, data: bytes) -> SnapshotMeta | None:
+        """The application's state machine snapshot `data` covers entries up to `index`.
+
+        The core forgets its log up to `index` and keeps (meta, data) to send
+        to followers that need those entries. The driver then saves it:
+        `storage.save_snapshot(meta, data)` with the returned meta. Call only
+        between `advance()` and the next `ready()`.
+
+        Args:
+            index: the state machine's applied index when `data` was taken
+                (at most the applied index the core knows of).
+            data: the application's encoding of its state machine.
+        Returns:
+            The snapshot's position (index and the term of that entry), or
+            None when the log is already compacted to `index` or beyond
+            (nothing changed; do not save).
+        Raises:
+            ValueError: `index` is past the applied index.
+            RuntimeError: a Ready is outstanding.
+        """
+        if self._ready_out:
+            raise RuntimeError("compact() between advance() and the next ready(), not while a Ready is out")
+        if index <= self.log.snapshot_index:
+            return None
+        if index > self.log.applied:
+            raise ValueError(f"cannot compact to {index}: only {self.log.applied} is applied")
+        term = self.log.term(index)
+        assert term is not None  # snapshot_index < index <= applied <= last_index
+        self.log.compact(index, term)
+        meta = SnapshotMeta(index, term)
+        self._snapshot = Snapshot(meta, data)
+        log.info("raft.compacted", replica=self.id, term=self.term, index=index, snapshot_term=term, bytes=len(data))
+        if self.role == Role.LEADER:
+            # Transfers of the older snapshot are of no use now: its next entry is gone too.
+            for p, pr in self.progress.items():
+                if pr.state == ProgressState.SNAPSHOT:
+                    pr.become_probe()
+                    self._dirty.add(p)
+        return meta
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The newest snapshot this replica holds (None: none with data)."""
+        return self._snapshot
+
     def step(self, m: Message) -> None:
         """Process one message (from a peer, or a local HUP)."""
         if m.term > self.term and m.type != MT.HUP:
@@ -232,7 +325,7 @@ class RaftCore:
                 lead = m.src if m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP) else NONE
                 self._become_follower(m.term, lead)
         elif 0 < m.term < self.term:
-            if (self.config.check_quorum or self.config.pre_vote) and m.type in (MT.HEARTBEAT, MT.APP):
+            if (self.config.check_quorum or self.config.pre_vote) and m.type in (MT.HEARTBEAT, MT.APP, MT.SNAP):
                 # Tell a stale leader about the newer term so it steps down
                 # (with CheckQuorum/PreVote, its partitioned followers won't).
                 self._send(Message(MT.APP_RESP, self.id, m.src, term=self.term))
@@ -252,13 +345,18 @@ class RaftCore:
     # ------------------------------------------------------------------
     def has_ready(self) -> bool:
         self._flush()
+        lg, hs = self.log, self._prev_hard
         return bool(
             self.msgs
+            or self._pending_snapshot is not None
             or self.read_states
-            or self.log.stable < self.log.last_index
-            or self.log.committed > self.log.applied
-            or self._hard_state() != self._prev_hard
-            or (self.lead, self.role) != self._prev_soft
+            or lg.stable < lg.last_index
+            or lg.committed > lg.applied
+            or self.term != hs.term
+            or self.vote != hs.vote
+            or lg.committed != hs.commit
+            or self.lead != self._prev_soft[0]
+            or self.role != self._prev_soft[1]
         )
 
     def ready(self) -> Ready:
@@ -275,7 +373,9 @@ class RaftCore:
             committed=self.log.next_committed(),
             read_states=self.read_states,
             soft_state=soft if soft != self._prev_soft else None,
-            early_send=self.role == Role.LEADER and (hs.term, hs.vote) == (self._prev_hard.term, self._prev_hard.vote),
+            early_send=(self.role == Role.LEADER and self._pending_snapshot is None
+                        and (hs.term, hs.vote) == (self._prev_hard.term, self._prev_hard.vote)),
+            snapshot=self._pending_snapshot,
         )
         self.msgs = []
         self.read_states = []
@@ -284,7 +384,9 @@ class RaftCore:
         return rd
 
     def advance(self, rd: Ready) -> None:
-        """The driver finished `rd`: its entries are durable and committed applied."""
+        """The driver finished `rd`: its snapshot and entries are durable and committed applied."""
+        if rd.snapshot is not None and rd.snapshot is self._pending_snapshot:
+            self._pending_snapshot = None
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
         if rd.entries:
@@ -307,6 +409,7 @@ class RaftCore:
             "commit_index": self.log.committed,
             "applied_index": self.log.applied,
             "last_index": self.log.last_index,
+            "snapshot_index": self.log.snapshot_index,
             "progress": {p: repr(pr) for p, pr in self.progress.items()} if self.role == Role.LEADER else {},
         }
 
@@ -317,6 +420,7 @@ class RaftCore:
         if term != self.term:
             self.term = term
             self.vote = NONE
+            self._incoming = None  # chunks of an old term's transfer will not be continued
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -452,6 +556,10 @@ class RaftCore:
             self.lead = m.src
             self.log.commit_to(m.commit)
             self._send(Message(MT.HEARTBEAT_RESP, self.id, m.src, term=self.term, context=m.context))
+        elif t == MT.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.src
+            self._handle_snapshot(m)
         elif t == MT.TIMEOUT_NOW:
             log.info("raft.timeout_now", replica=self.id, term=self.term, from_=m.src)
             self._hup(transfer=True)
@@ -461,7 +569,7 @@ class RaftCore:
     def _step_candidate(self, m: Message) -> None:
         t = m.type
         my_resp = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
-        if t in (MT.APP, MT.HEARTBEAT):
+        if t in (MT.APP, MT.HEARTBEAT, MT.SNAP):
             # someone won this term (m.term == self.term here)
             self._become_follower(m.term, m.src)
             self._step_follower(m)
@@ -494,7 +602,11 @@ class RaftCore:
                 return
             old_paused = pr.is_paused()
             if pr.maybe_update(m.index):
-                if pr.state == ProgressState.PROBE:
+                if pr.state == ProgressState.PROBE or (
+                    pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index
+                ):
+                    # (a follower mid-snapshot that caught up by appends after all
+                    # needs the snapshot no more)
                     pr.become_replicate()
                 # A new commit index is not broadcast on its own: it rides on
                 # the next append or heartbeat (followers need it only to
@@ -515,6 +627,9 @@ class RaftCore:
                 self._send_append(m.src, send_if_empty=True)
             if m.context:
                 self._ack_read(m.context, m.src)
+        elif t == MT.SNAP_RESP:
+            pr.recent_active = True
+            self._handle_snapshot_resp(m, pr)
 
     # ------------------------------------------------------------------
     # Replication
@@ -558,11 +673,8 @@ class RaftCore:
         prev = pr.next - 1
         prev_term = self.log.term(prev)
         if prev_term is None:
-            # The entries this follower needs were compacted away: it needs an
-            # InstallSnapshot. Seam for the snapshot issue; no compaction yet.
-            pr.state = ProgressState.SNAPSHOT
-            log.warning("raft.snapshot_needed", replica=self.id, term=self.term, peer=to, index=prev)
-            return False
+            # The entries this follower needs were compacted away.
+            return self._start_snapshot(to)
         entries = self.log.slice(pr.next, self.log.last_index + 1, self.config.max_msg_bytes) if pr.next <= self.log.last_index else []
         if not entries and not send_if_empty:
             return False
@@ -576,6 +688,9 @@ class RaftCore:
 
     def _send_all(self, to: int) -> None:
         pr = self.progress[to]
+        if pr.state == ProgressState.SNAPSHOT:
+            self._send_snapshot(to)
+            return
         # A probe goes out even when empty (it finds where the logs agree); a
         # replicating follower gets only entries: commit rides on heartbeats.
         sent = self._send_append(to, send_if_empty=pr.state == ProgressState.PROBE)
@@ -611,6 +726,12 @@ class RaftCore:
             if self.lead_transferee != NONE:
                 log.info("raft.transfer_abandoned", replica=self.id, term=self.term, to=self.lead_transferee)
                 self.lead_transferee = NONE
+        for p in self.peers:
+            tr = self.progress[p].snapshot
+            if tr is not None and tr.tick(self._retry_ticks):
+                log.info("raft.snapshot_resend", replica=self.id, term=self.term, peer=p, index=tr.meta.index,
+                         chunk=tr.acked)
+                self._send_snapshot(p)
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat(self._reads[-1].context if self._reads else b"")
@@ -620,6 +741,97 @@ class RaftCore:
             if p != self.id:
                 commit = min(self.progress[p].match, self.log.committed)
                 self._send(Message(MT.HEARTBEAT, self.id, p, term=self.term, commit=commit, context=context))
+
+    # ------------------------------------------------------------------
+    # InstallSnapshot
+    # ------------------------------------------------------------------
+    def _start_snapshot(self, to: int) -> bool:
+        """Leader: `to` needs entries we compacted; start sending our snapshot."""
+        pr = self.progress[to]
+        snap = self._snapshot
+        if snap is None:
+            # Compaction was recorded without the snapshot's data: nothing to send.
+            pr.become_snapshot(None, 0)
+            log.warning("raft.snapshot_unavailable", replica=self.id, term=self.term, peer=to,
+                        index=self.log.snapshot_index)
+            return False
+        chunks = max(1, -(-len(snap.data) // self.config.snapshot_chunk_bytes))
+        pr.become_snapshot(snap.meta, chunks)
+        log.info("raft.snapshot_send", replica=self.id, term=self.term, peer=to, index=snap.meta.index,
+                 snapshot_term=snap.meta.term, bytes=len(snap.data), chunks=chunks)
+        self._send_snapshot(to)
+        return True
+
+    def _send_snapshot(self, to: int) -> None:
+        """Leader: send the chunks the window allows."""
+        tr = self.progress[to].snapshot
+        snap = self._snapshot
+        if tr is None or snap is None or snap.meta != tr.meta:
+            return
+        size, window = self.config.snapshot_chunk_bytes, self.config.max_inflight_snapshot_chunks
+        meta, data = snap.meta, snap.data
+        while tr.can_send(window):
+            k = tr.next
+            lo = k * size
+            self._send(Message(MT.SNAP, self.id, to, term=self.term, index=meta.index, log_term=meta.term,
+                               snap_offset=lo, snap_chunk=data[lo : lo + size],
+                               snap_done=k == tr.chunks - 1))
+            tr.next = k + 1
+
+    def _handle_snapshot_resp(self, m: Message, pr: Progress) -> None:
+        if m.snap_done:
+            # The follower's log now matches ours up to m.index.
+            pr.maybe_update(m.index)
+            if pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index:
+                log.info("raft.snapshot_delivered", replica=self.id, term=self.term, peer=m.src, index=m.index)
+                pr.become_probe()
+                self._dirty.add(m.src)
+            return
+        tr = pr.snapshot
+        if tr is None or (m.index, m.log_term) != (tr.meta.index, tr.meta.term):
+            return  # about a transfer we abandoned
+        tr.ack(-(-m.snap_offset // self.config.snapshot_chunk_bytes), rewind=m.reject)
+        self._send_snapshot(m.src)
+
+    def _handle_snapshot(self, m: Message) -> None:
+        """Follower: one chunk of an InstallSnapshot from the leader of our term."""
+        if m.index <= self.log.committed:
+            # We hold everything this snapshot covers, committed: installing it
+            # would roll the state machine back. Just say so.
+            self._incoming = None
+            self._send_snap_resp(m, 0, done=True)
+            return
+        key = (m.term, m.index, m.log_term)
+        inc = self._incoming
+        if inc is None or inc.key != key:
+            if inc is not None and inc.key[0] == m.term and m.index < inc.key[1]:
+                return  # a late chunk of a snapshot this leader has since replaced
+            inc = self._incoming = _IncomingSnapshot(key, bytearray())
+        have = len(inc.buf)
+        if m.snap_offset > have:
+            # A chunk is missing (lost, reordered, or we restarted): ask once per gap.
+            if inc.nacked != have:
+                inc.nacked = have
+                self._send_snap_resp(m, have, reject=True)
+            return
+        if m.snap_offset < have:
+            self._send_snap_resp(m, have)  # a duplicate: repeat where we are
+            return
+        inc.buf += m.snap_chunk
+        if not m.snap_done:
+            self._send_snap_resp(m, len(inc.buf))
+            return
+        self._incoming = None
+        snap = Snapshot(SnapshotMeta(m.index, m.log_term), bytes(inc.buf))
+        kept = self.log.restore(m.index, m.log_term)
+        self._snapshot = self._pending_snapshot = snap
+        log.info("raft.snapshot_installed", replica=self.id, term=self.term, index=m.index,
+                 snapshot_term=m.log_term, bytes=len(snap.data), kept_tail=kept, last_index=self.log.last_index)
+        self._send_snap_resp(m, len(snap.data), done=True)
+
+    def _send_snap_resp(self, m: Message, held: int, reject: bool = False, done: bool = False) -> None:
+        self._send(Message(MT.SNAP_RESP, self.id, m.src, term=self.term, index=m.index, log_term=m.log_term,
+                           snap_offset=held, reject=reject, snap_done=done))
 
     # ------------------------------------------------------------------
     # ReadIndex

@@ -164,13 +164,40 @@ class RaftLog:
             self.applied = index
 
     def compact(self, index: int, term: int) -> None:
-        """Forget entries up to `index` (a snapshot covers them). Seam for snapshots."""
+        """Forget entries up to `index`: the application's snapshot covers them."""
         if index <= self.snapshot_index:
             return
         if index > self.applied:
             raise AssertionError(f"compact at {index} past applied {self.applied}")
         del self.entries[: index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
+        # invariant: snapshot_index <= stable (the snapshot is durable before it is used)
+        self.stable = max(self.stable, index)
+
+    def restore(self, index: int, term: int) -> bool:
+        """Install a leader's snapshot covering the log up to (index, term).
+
+        Raft paper, figure 13: when our entry at `index` has the snapshot's
+        term, log matching says everything up to it agrees, so only that
+        prefix goes and later entries stay; otherwise the whole log goes.
+        Either way the snapshot's entries count as committed and applied (the
+        application restores its state machine from the snapshot).
+
+        Returns:
+            True when entries after `index` were kept.
+        """
+        # invariant: a snapshot never rolls back what we know is committed
+        if index <= self.committed:
+            raise AssertionError(f"restore at {index} is not past commit {self.committed}")
+        keep = self.match_term(index, term)
+        if keep:
+            del self.entries[: index - self.snapshot_index]
+        else:
+            self.entries = []
+        self.snapshot_index, self.snapshot_term = index, term
+        self.committed = self.applied = index
+        self.stable = max(self.stable, index) if keep else index
+        return keep
 
 
 class _TermView:

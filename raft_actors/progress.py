@@ -3,7 +3,9 @@
 A follower is probed (one AppendEntries at a time) until the leader finds where
 their logs agree, then replicated to optimistically: the leader pipelines
 appends without waiting for answers, up to a cap on messages and bytes in
-flight.
+flight. A follower that needs entries the leader has compacted away is sent
+the leader's snapshot instead, in chunks, with its own flow control
+(`SnapshotTransfer`); once it has installed it, probing resumes after it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,62 @@ from __future__ import annotations
 import collections
 import enum
 
+from raft_actors.types import SnapshotMeta
+
 
 class ProgressState(enum.IntEnum):
     PROBE = 0
     REPLICATE = 1
-    SNAPSHOT = 2  # seam: waiting for an InstallSnapshot to land (later issue)
+    SNAPSHOT = 2  # sending an InstallSnapshot; appends wait until it lands
+
+
+class SnapshotTransfer:
+    """Go-back-N sending of one snapshot's chunks to one follower.
+
+    Chunks are numbered 0..chunks-1. The follower holds a contiguous prefix of
+    them (`acked`); up to a window of chunks past it may be in flight. A
+    follower that sees a gap asks for a resend from its prefix; a transfer
+    without progress for a timeout resends from `acked` (the lost chunk, or
+    the lost acknowledgement, is found that way).
+
+    invariant: 0 <= acked <= next <= chunks
+    """
+
+    __slots__ = ("meta", "chunks", "next", "acked", "stall")
+
+    def __init__(self, meta: SnapshotMeta, chunks: int) -> None:
+        self.meta = meta
+        self.chunks = chunks
+        self.next = 0  # the next chunk to send
+        self.acked = 0  # chunks the follower is known to hold
+        self.stall = 0  # ticks since the follower last showed progress
+
+    def can_send(self, window: int) -> bool:
+        return self.next < self.chunks and self.next - self.acked < window
+
+    def ack(self, held: int, rewind: bool) -> None:
+        """The follower holds `held` chunks; `rewind`: it wants the rest resent."""
+        held = min(held, self.chunks)
+        if rewind:
+            # also when held < acked: the follower restarted and lost what it had
+            self.acked = self.next = held
+            self.stall = 0
+        elif held > self.acked:
+            self.acked = held
+            self.next = max(self.next, held)
+            self.stall = 0
+
+    def tick(self, timeout: int) -> bool:
+        """Count a tick; True when the unacknowledged chunks should be resent."""
+        self.stall += 1
+        if self.stall < timeout:
+            return False
+        self.stall = 0
+        self.next = self.acked
+        return True
+
+    def __repr__(self) -> str:
+        return f"snapshot {self.meta.index}@{self.meta.term} chunks {self.acked}/{self.next}/{self.chunks}"
 
 
 class Progress:
@@ -25,7 +78,7 @@ class Progress:
     """
 
     __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "_inflight", "_inflight_bytes",
-                 "max_msgs", "max_bytes")
+                 "max_msgs", "max_bytes", "snapshot")
 
     def __init__(self, next_index: int, max_msgs: int, max_bytes: int) -> None:
         self.match = 0
@@ -37,6 +90,8 @@ class Progress:
         self._inflight_bytes = 0
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
+        # invariant: snapshot is set exactly when state == SNAPSHOT (None: no data to send)
+        self.snapshot: SnapshotTransfer | None = None
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:
@@ -49,11 +104,21 @@ class Progress:
         self.state = ProgressState.PROBE
         self.next = self.match + 1
         self.probe_sent = False
+        self.snapshot = None
         self._clear()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
+        self.snapshot = None
+        self._clear()
+
+    def become_snapshot(self, meta: SnapshotMeta | None, chunks: int) -> None:
+        """Start sending the snapshot `meta` in `chunks` chunks (None: there is
+        no snapshot data to send; the follower stays paused)."""
+        self.state = ProgressState.SNAPSHOT
+        self.probe_sent = False
+        self.snapshot = SnapshotTransfer(meta, chunks) if meta is not None else None
         self._clear()
 
     def sent(self, last_index: int, nbytes: int) -> None:
@@ -80,8 +145,11 @@ class Progress:
         """A follower rejected an append whose previous index was `rejected`.
 
         Returns False for a stale rejection (one about an append we already
-        moved past), True when `next` was moved back.
+        moved past, or any while a snapshot is under way), True when `next`
+        was moved back.
         """
+        if self.state == ProgressState.SNAPSHOT:
+            return False
         if self.state == ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False
@@ -109,4 +177,6 @@ class Progress:
         self._inflight_bytes = 0
 
     def __repr__(self) -> str:
-        return f"Progress(match={self.match}, next={self.next}, state={self.state.name}, inflight={len(self._inflight)})"
+        snap = f", {self.snapshot!r}" if self.snapshot is not None else ""
+        return (f"Progress(match={self.match}, next={self.next}, state={self.state.name}, "
+                f"inflight={len(self._inflight)}{snap})")

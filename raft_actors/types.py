@@ -49,8 +49,31 @@ class SnapshotMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An application snapshot: state machine `data` covering the log up to `meta.index`.
+
+    `data` is opaque to the core and to storage; only the application encodes
+    and decodes it.
+    """
+
+    meta: SnapshotMeta
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PersistedState:
     """What a replica recovers from its storage when it (re)starts.
+
+    Attributes:
+        hard_state: term, vote, commit.
+        snapshot: the log position the snapshot covers (index 0: none).
+        entries: the log after the snapshot.
+        snapshot_data: the state machine snapshot at `snapshot.index`, as saved
+            by `save_snapshot`; None when there is no snapshot, or when the
+            position was recorded by `compact()` alone (the application then
+            keeps its snapshot elsewhere, and the core cannot send one).
+            The driver restores its state machine from it before applying
+            anything; the core's applied index starts at `snapshot.index`.
 
     invariant: entries are contiguous and start at snapshot.index + 1.
     """
@@ -58,6 +81,7 @@ class PersistedState:
     hard_state: HardState = HardState()
     snapshot: SnapshotMeta = SnapshotMeta()
     entries: tuple[Entry, ...] = ()
+    snapshot_data: bytes | None = None
 
 
 class MessageType(enum.IntEnum):
@@ -75,7 +99,8 @@ class MessageType(enum.IntEnum):
     TIMEOUT_NOW = 9
     READ_INDEX = 10  # follower -> leader: forwarded read_index request
     READ_INDEX_RESP = 11
-    SNAP = 12  # seam for InstallSnapshot (later issue)
+    SNAP = 12  # leader -> follower: one chunk of an InstallSnapshot
+    SNAP_RESP = 13  # follower -> leader: bytes held so far, or installed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +121,17 @@ class Message:
             then carries the term at that index (fast backtracking).
         context: opaque bytes (ReadIndex round id, or b"transfer" on a vote
             forced by leader transfer).
+        snap_offset: for SNAP the byte offset of `snap_chunk` in the
+            snapshot's data; for SNAP_RESP how many bytes (from offset 0) the
+            follower holds, i.e. the offset it wants next.
+        snap_chunk: for SNAP a piece of the snapshot's data.
+        snap_done: for SNAP, `snap_chunk` is the last piece; for SNAP_RESP,
+            the follower installed the snapshot (or its commit index already
+            covered it) and its log matches the leader's up to `index`.
+
+    For SNAP and SNAP_RESP, `index` and `log_term` name the snapshot (the
+    index and term of the last entry it covers). A SNAP_RESP with `reject`
+    set asks the leader to resend from `snap_offset` (a chunk was missing).
     """
 
     type: MessageType
@@ -109,6 +145,9 @@ class Message:
     reject: bool = False
     reject_hint: int = 0
     context: bytes = b""
+    snap_offset: int = 0
+    snap_chunk: bytes = b""
+    snap_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +162,22 @@ class ReadState:
 class Ready:
     """A batch of work the core hands its driver.
 
-    The driver must, in this order: persist `hard_state` (if not None) and
-    `entries` (appending `entries` truncates any stored suffix from
-    `entries[0].index` on) and fsync them; then send `messages` (or send them
-    first when `early_send` is set); then apply
-    `committed`; then release `read_states` once applied reaches their index;
-    then call `advance(ready)`.
+    The driver must, in this order:
+
+    1. if `snapshot` is set (a leader's snapshot was installed), save it
+       durably: `storage.save_snapshot(snapshot.meta, snapshot.data)`. This
+       comes before the entries: they continue the log after the snapshot;
+    2. persist `hard_state` (if not None) and `entries` (appending `entries`
+       truncates any stored suffix from `entries[0].index` on) and fsync them;
+    3. send `messages` (or send them first when `early_send` is set; it never
+       is when `snapshot` is set, because the acknowledgement of a snapshot
+       must not leave before the snapshot is durable);
+    4. if `snapshot` is set, restore the state machine from `snapshot.data`
+       (it then reflects every entry up to `snapshot.meta.index`), before
+       applying anything else;
+    5. apply `committed` (they follow the snapshot, if any);
+    6. release `read_states` once applied reaches their index;
+    7. call `advance(ready)`.
     """
 
     hard_state: HardState | None = None
@@ -142,7 +191,9 @@ class Ready:
     # toward a quorum only after `advance()`, and nothing it sends claims
     # durability of its own.
     early_send: bool = False
+    # A snapshot received from the leader, to save and restore from (see above).
+    snapshot: Snapshot | None = None
 
     @property
     def must_sync(self) -> bool:
-        return self.hard_state is not None or bool(self.entries)
+        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None

@@ -8,6 +8,7 @@ Layout of ``data_dir``::
     wal/0000000000052318.seg   (zero padded to 16 digits: name order is index order)
     hardstate                  term, vote, commit
     snapmeta                   index and term of the snapshot covering the log's prefix
+    snapshot-0000000000052000.snap   the state machine snapshot (only the newest is kept)
 
 A segment is a 24-byte header (magic, format version, first index, CRC32C of the
 header) followed by records. A record is, little-endian::
@@ -15,7 +16,12 @@ header) followed by records. A record is, little-endian::
     crc32c u32 | data length u32 | term u64 | index u64 | kind u8 | data
 
 where the CRC covers everything after itself. The state files are one fixed
-struct each (magic, version, fields, CRC32C). Nothing read from disk is unpickled.
+struct each (magic, version, fields, CRC32C). A snapshot file is a 44-byte
+header, then the application's snapshot data::
+
+    magic 8s | version u32 | index u64 | term u64 | data length u64 | data crc32c u32 | header crc32c u32
+
+Nothing read from disk is unpickled.
 
 Writing is group commit. ``append`` packs a batch into one ``pwrite`` on the last
 segment; ``set_hard_state`` and ``compact`` only remember. ``sync`` then makes all
@@ -32,11 +38,22 @@ can ever have a torn tail. Overwriting a suffix deletes later segments and cuts
 the segment holding the first overwritten entry (with fsyncs) before the new
 entries are written, so stale entries never reappear behind new ones.
 
+``save_snapshot`` is durable when it returns. The snapshot file is written
+atomically (temp file, fsync, rename, directory fsync); from then on it is the
+snapshot. If the log's entry at the snapshot's index has the snapshot's term,
+``snapmeta`` is replaced and the covered segments deleted, keeping the tail.
+Otherwise (a follower installing a leader's snapshot) every segment is deleted,
+newest first, each deletion made durable, and only then is ``snapmeta``
+replaced; older snapshot files go last. So a crash leaves at most one snapshot
+file newer than ``snapmeta``, next to a prefix of the old log: ``load`` then
+applies the same rule to that log and finishes the job.
+
 Recovery (``load``) reads every segment not wholly covered by the snapshot. An
 incomplete or checksum-failing record at the end of the last segment, with no
 valid record after it, is what a crash during an unsynced write leaves: it is cut
-off, with a warning. Any other damage raises ``CorruptLog`` naming the file and
-byte offset, and then nothing on disk is changed.
+off, with a warning. Any other damage (including a snapshot file failing its
+header or data checks) raises ``CorruptLog`` naming the file and byte offset,
+and then nothing on disk is changed.
 """
 
 from __future__ import annotations
@@ -55,6 +72,7 @@ import crc32c
 import structlog
 
 from kv.errors import CorruptLog, StorageError
+from raft_actors.storage import tail_after_snapshot
 from raft_actors.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 __all__ = ["FileStorage", "FORMAT_VERSION"]
@@ -72,6 +90,10 @@ _REC_HEADER = struct.Struct("<IIQQB")  # crc, then the body's fixed part
 _REC_HEADER_SIZE = _REC_HEADER.size
 _HS = struct.Struct("<8sIQQQ")  # magic, version, term, vote, commit; then u32 crc
 _SNAP = struct.Struct("<8sIQQ")  # magic, version, index, term; then u32 crc
+_SNAPFILE_MAGIC = b"RKVSNAPD"
+_SNAPFILE = struct.Struct("<8sIQQQI")  # magic, version, index, term, data length, data crc; then u32 header crc
+_SNAPFILE_HEADER_SIZE = _SNAPFILE.size + 4
+_SNAPFILE_NAME = re.compile(r"^snapshot-(\d{16})\.snap$")
 _U32 = struct.Struct("<I")
 _SEG_NAME = re.compile(r"^(\d{16})\.seg$")
 _KINDS = {int(kind): kind for kind in EntryKind}
@@ -127,6 +149,7 @@ class FileStorage:
         self._segs: list[_Segment] = []
         self._covered: list[Path] = []  # segments found wholly below the snapshot
         self._snap = self._snap_durable = SnapshotMeta()
+        self._snap_file = 0  # index of the snapshot file whose data goes with _snap (0: none)
         self._hs = self._hs_durable = HardState()
         self._last = 0  # invariant: _last == max(_snap.index, last entry index)
         self._dirty = False  # the last segment has writes not yet fdatasync'ed
@@ -139,13 +162,19 @@ class FileStorage:
     def load(self) -> PersistedState:
         """Recover the durable state, repairing a torn tail left by a crash.
 
+        Also finishes a `save_snapshot` that a crash interrupted, and removes
+        leftover temporary and superseded snapshot files.
+
         Returns:
-            hard state, snapshot position, and the entries after the snapshot.
+            hard state, snapshot position, the entries after the snapshot, and
+            the snapshot's data in `snapshot_data` (None when there is no
+            snapshot file at the snapshot position, e.g. after `compact()`).
 
         Raises:
             CorruptLog: a damaged record (other than a torn tail), a bad segment
-                header or state file, a gap in the log, or a hard-state commit
-                past the log's end. Nothing on disk is changed in that case.
+                header, state file or snapshot file, a gap in the log, or a
+                hard-state commit past the log's end. Nothing on disk is
+                changed in that case.
             StorageError: the files could not be read.
         """
         self.close()
@@ -158,9 +187,19 @@ class FileStorage:
             hs_fields = self._read_state(self.data_dir / "hardstate", _HS, _HS_MAGIC)
             snap_fields = self._read_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC)
             hard_state = HardState(*hs_fields) if hs_fields else HardState()
-            snapshot = SnapshotMeta(*snap_fields) if snap_fields else SnapshotMeta()
+            snapshot = snap_durable = SnapshotMeta(*snap_fields) if snap_fields else SnapshotMeta()
+            snap_files, temps = self._snapshot_files()
+            data: bytes | None = None
+            if snap_files and snap_files[-1][0] >= snapshot.index:
+                file_meta, data = _read_snapshot_file(snap_files[-1][1], snap_files[-1][0])
             segs, covered, entries, repair = self._scan(snapshot)
-            last = max(snapshot.index, segs[-1].last if segs else 0)
+            discard = False
+            if data is not None and file_meta.index > snapshot.index:
+                # save_snapshot wrote this file, then a crash cut it short: apply its rule.
+                tail = tail_after_snapshot(snapshot, entries, file_meta)
+                discard = tail is None
+                entries, snapshot = tail or [], file_meta
+            last = snapshot.index if discard else max(snapshot.index, segs[-1].last if segs else 0)
             if hard_state.commit > last:
                 path = self.data_dir / "hardstate"
                 raise CorruptLog(
@@ -168,8 +207,20 @@ class FileStorage:
                     str(path),
                     0,
                 )
-            if repair is not None:
+            if discard:
+                log.warning("wal.stale_log_after_snapshot_removed", path=str(self.wal_dir), index=snapshot.index,
+                            segments=len(segs) + len(covered))
+                self._segs, self._covered = segs, covered
+                self._drop_segments()
+                segs, covered = [], []
+                self._write_snapmeta(snapshot)
+                snap_durable = snapshot
+            elif repair is not None:
                 self._repair(*repair)
+            in_use = snapshot.index if data is not None else -1
+            for path in temps + [path for index, path in snap_files if index != in_use]:
+                log.info("wal.snapshot_file_removed", path=str(path), index=snapshot.index)
+                path.unlink()
             if segs:
                 segs[-1].fd = os.open(segs[-1].path, os.O_RDWR)
         except OSError as exc:
@@ -179,11 +230,12 @@ class FileStorage:
             self.close()
             raise
         self._segs, self._covered = segs, covered
-        self._snap = self._snap_durable = snapshot
+        self._snap, self._snap_durable = snapshot, snap_durable  # differ: sync() finishes the snapshot
+        self._snap_file = snapshot.index if data is not None else 0
         self._hs = self._hs_durable = hard_state
         self._last = last
         self._dirty, self._loaded, self._failed = False, True, None
-        return PersistedState(hard_state, snapshot, tuple(entries))
+        return PersistedState(hard_state, snapshot, tuple(entries), data)
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Write entries after discarding any stored entry at index >= entries[0].index.
@@ -273,6 +325,9 @@ class FileStorage:
     def compact(self, snapshot: SnapshotMeta) -> None:
         """Discard entries at or below snapshot.index; durable (files deleted) on `sync()`.
 
+        Records the position only, with no snapshot data: `load()` then
+        returns `snapshot_data=None`. Prefer `save_snapshot`.
+
         A snapshot at or below the current one is ignored. Segments holding
         entries above snapshot.index stay; `load()` skips their covered entries.
 
@@ -288,6 +343,57 @@ class FileStorage:
             raise ValueError(f"snapshot {snapshot} cannot be stored: {exc}") from None
         self._snap = snapshot
         self._last = max(self._last, snapshot.index)
+        self._snap_file = 0  # the position moved past the stored snapshot's
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Store a state machine snapshot covering the log up to `meta.index`, and
+        discard the log entries it covers. Durable when it returns.
+
+        Entries after `meta.index` survive when the log's entry at
+        `meta.index` has term `meta.term`. Otherwise (a follower installing a
+        leader's snapshot its log does not reach or disagrees with) every
+        segment is deleted and the next append starts at `meta.index + 1`.
+        A snapshot older than the stored one, or the stored one again, is
+        ignored. Only the newest snapshot file is kept.
+
+        Raises:
+            ValueError: meta.index is 0, a field does not fit the format, or
+                discarding the log would drop entries past `meta.index` that
+                the hard state says are committed. Nothing is written then.
+            StorageError: a write failed, or an earlier one did.
+        """
+        self._check_usable()
+        if meta.index <= 0:
+            raise ValueError(f"a snapshot covers at least entry 1, got {meta}")
+        try:
+            _SNAPFILE.pack(_SNAPFILE_MAGIC, FORMAT_VERSION, meta.index, meta.term, len(data), 0)
+        except struct.error as exc:
+            raise ValueError(f"snapshot {meta} cannot be stored: {exc}") from None
+        if meta.index < self._snap.index or (meta.index == self._snap.index and self._snap_file == meta.index):
+            return
+        keep = self._term_at(meta.index) == meta.term
+        commit = max(self._hs.commit, self._hs_durable.commit)
+        if not keep and commit > meta.index:
+            raise ValueError(f"snapshot {meta} disagrees with the log, whose entries up to {commit} "
+                             "are committed: refusing to discard them")
+        try:
+            self._write_snapshot_file(meta, data)  # from here on, this is the snapshot
+            if keep:
+                self._write_snapmeta(meta)
+                self._snap = meta
+                self._last = max(self._last, meta.index)
+                self._delete_covered()
+            else:
+                log.info("wal.log_replaced_by_snapshot", path=str(self.wal_dir), index=meta.index, term=meta.term,
+                         last=self._last)
+                self._drop_segments()  # before snapmeta: see the module docstring
+                self._write_snapmeta(meta)
+                self._snap = meta
+                self._last = meta.index
+            self._snap_file = meta.index
+            self._delete_snapshot_files_except(meta.index)
+        except OSError as exc:
+            self._fail("snapshot", exc)
 
     def close(self) -> None:
         """Release files and the directory lock. Unsynced work may be lost; call
@@ -446,10 +552,81 @@ class FileStorage:
         if doomed:
             _fsync_dir(self.wal_dir)
 
-    def _write_snapmeta(self) -> None:
-        snap = self._snap
+    def _write_snapmeta(self, snap: SnapshotMeta | None = None) -> None:
+        snap = snap or self._snap
         self._write_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC, snap.index, snap.term)
         self._snap_durable = snap
+
+    def _snapshot_files(self) -> tuple[list[tuple[int, Path]], list[Path]]:
+        """Snapshot files as (index, path), oldest first; and leftover temp files."""
+        files, temps = [], []
+        for path in self.data_dir.iterdir():
+            m = _SNAPFILE_NAME.match(path.name)
+            if m:
+                files.append((int(m.group(1)), path))
+            elif path.name.startswith("snapshot-") and path.name.endswith(".tmp"):
+                temps.append(path)  # a save that crashed before its rename: never used
+        files.sort()
+        return files, temps
+
+    def _term_at(self, index: int) -> int | None:
+        """Term of the stored entry at `index` (the snapshot's at its index), or None."""
+        if index == self._snap.index:
+            return self._snap.term
+        if index < self._snap.index or index > self._last or not self._segs:
+            return None
+        k = bisect.bisect_right(self._segs, index, key=lambda s: s.first) - 1
+        if k < 0 or index > self._segs[k].last:
+            return None
+        seg = self._segs[k]
+        offset = seg.offsets[index - seg.first]
+        fd = seg.fd if seg.fd is not None else os.open(seg.path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, _REC_HEADER_SIZE, offset)
+        finally:
+            if fd != seg.fd:
+                os.close(fd)
+        _, _, term, idx, _ = _REC_HEADER.unpack(raw)
+        if idx != index:
+            raise CorruptLog(f"{seg.path} at byte offset {offset} holds entry {idx}, expected {index}; {_RESTORE}",
+                             str(seg.path), offset)
+        return term
+
+    def _drop_segments(self) -> None:
+        """Durably delete every segment, newest first, so a crash leaves a prefix of the log."""
+        doomed = [seg.path for seg in self._segs] + self._covered
+        for seg in self._segs:
+            if seg.fd is not None:
+                os.close(seg.fd)
+                seg.fd = None
+        self._segs, self._covered, self._dirty = [], [], False
+        for path in sorted(doomed, reverse=True):
+            path.unlink(missing_ok=True)
+            _fsync_dir(self.wal_dir)
+
+    def _write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Atomically write the snapshot file: temp file, fsync, rename, fsync the directory."""
+        header = _SNAPFILE.pack(_SNAPFILE_MAGIC, FORMAT_VERSION, meta.index, meta.term, len(data), crc32c.crc32c(data))
+        header += _U32.pack(crc32c.crc32c(header))
+        path = self.data_dir / f"snapshot-{meta.index:016d}.snap"
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, header, 0)
+            _pwrite_all(fd, data, len(header))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(self.data_dir)
+
+    def _delete_snapshot_files_except(self, index: int) -> None:
+        files, temps = self._snapshot_files()
+        doomed = temps + [path for i, path in files if i != index]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            _fsync_dir(self.data_dir)
 
     def _write_state(self, path: Path, layout: struct.Struct, magic: bytes, *fields: int) -> None:
         """Atomically replace a state file: write a temp file, fsync, rename, fsync the directory."""
@@ -477,6 +654,34 @@ class FileStorage:
     def _fail(self, op: str, exc: OSError) -> None:
         self._failed = exc
         raise StorageError(f"WAL {op} failed in {self.wal_dir}: {exc}; call load() to recover") from exc
+
+
+def _read_snapshot_file(path: Path, name_index: int) -> tuple[SnapshotMeta, bytes]:
+    """Read and check a snapshot file; return its position and data."""
+    raw = path.read_bytes()
+    if len(raw) < _SNAPFILE_HEADER_SIZE or raw[:8] != _SNAPFILE_MAGIC:
+        raise CorruptLog(f"{path} is not a raftkv snapshot file (too short, or bad magic); {_RESTORE}", str(path), 0)
+    (version,) = _U32.unpack_from(raw, 8)
+    if version != FORMAT_VERSION:
+        raise CorruptLog(
+            f"{path} has snapshot format version {version}, this raftkv reads version {FORMAT_VERSION}: "
+            "run a raftkv release that supports it",
+            str(path),
+            0,
+        )
+    if crc32c.crc32c(raw[: _SNAPFILE.size]) != _U32.unpack_from(raw, _SNAPFILE.size)[0]:
+        raise CorruptLog(f"{path} has a header that fails its checksum; {_RESTORE}", str(path), 0)
+    _, _, index, term, length, checksum = _SNAPFILE.unpack_from(raw)
+    if index != name_index:
+        raise CorruptLog(f"{path} header says it covers entry {index}, its name disagrees; {_RESTORE}", str(path), 0)
+    data = raw[_SNAPFILE_HEADER_SIZE:]
+    if len(data) != length:
+        raise CorruptLog(f"{path} holds {len(data)} bytes of data, its header says {length}; {_RESTORE}",
+                         str(path), _SNAPFILE_HEADER_SIZE)
+    if crc32c.crc32c(data) != checksum:
+        raise CorruptLog(f"{path} has snapshot data that fails its checksum; {_RESTORE}", str(path),
+                         _SNAPFILE_HEADER_SIZE)
+    return SnapshotMeta(index, term), data
 
 
 def _encode(entries: Sequence[Entry], first: int) -> list[bytes]:

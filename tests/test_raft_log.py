@@ -98,3 +98,19 @@ def test_config_rejects_nonsense():
         Config(id=1, peers=(1, 1, 2))
     with pytest.raises(ValueError):
         Config(id=1, peers=(1, 2, 3), heartbeat_tick=10, election_tick=10)
+
+
+def test_compact_and_restore_keep_the_cursors_in_order():
+    lg = make_log([1, 1, 1, 1], commit=4)
+    lg.append([Entry(1, 5, b"a"), Entry(1, 6, b"b")])  # not yet durable
+    lg.commit_to(6)
+    lg.applied_to(6)
+    lg.compact(5, 1)
+    # invariant: snapshot_index <= stable: what a snapshot covers is never handed out to persist
+    assert (lg.snapshot_index, lg.stable) == (5, 5) and lg.unstable() == [Entry(1, 6, b"b")]
+    with pytest.raises(AssertionError, match="past applied"):
+        lg.compact(7, 1)
+    with pytest.raises(AssertionError, match="not past commit"):
+        lg.restore(6, 1)
+    assert lg.restore(9, 2) is False  # past our end: nothing to keep
+    assert (lg.snapshot_index, lg.applied, lg.committed, lg.stable, lg.last_index) == (9, 9, 9, 9, 9)

@@ -2,11 +2,15 @@
 
 `RAFTKV_SIM_SEEDS=N` sets how many seeds run (default 2000, the CI figure);
 `RAFTKV_SIM_SEED=S` runs exactly seed S. A failure names its seed and the
-one-line command that replays it.
+one-line command that replays it. After the seeds, a last test checks that they
+went down the snapshot paths that matter (lost chunks, a transfer cut short by
+a new leader or by a crash, a tail kept by an install, a disagreeing log
+replaced by one, appends after one).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -18,6 +22,8 @@ pytestmark = pytest.mark.sim
 SEEDS = int(os.environ.get("RAFTKV_SIM_SEEDS", "2000"))
 ONE = os.environ.get("RAFTKV_SIM_SEED")
 CHUNK = 100
+# How many seeds took each path, summed over the chunks run in this session.
+_COVERAGE: collections.Counter[str] = collections.Counter()
 
 
 def _seeds(chunk: int) -> range:
@@ -40,5 +46,17 @@ def test_random_seeds_keep_raft_invariants(chunk):
                 pytrace=False,
             )
         assert sim.stats["delivered"] > 0 and sim.committed, f"seed {seed} did no work"
+        _COVERAGE.update(k for k, v in sim.stats.items() if v)
+        _COVERAGE["seeds"] += 1
         ran += 1
     assert ran == len(_seeds(chunk))
+
+
+def test_random_seeds_exercise_the_snapshot_paths():
+    if _COVERAGE["seeds"] < 500:
+        pytest.skip("needs the random seeds above to run first, at least 500 of them")
+    paths = ("compactions", "snap_installs", "snap_chunks_lost", "snap_nacks", "snap_kept_tail",
+             "snap_appends_after", "snap_cut_by_new_term", "snap_cut_by_crash", "snap_restarts_loaded",
+             "snap_replaced_log")
+    missing = [p for p in paths if _COVERAGE[p] == 0]
+    assert not missing, f"no seed took these snapshot paths: {missing} ({dict(_COVERAGE)})"

@@ -337,3 +337,163 @@ def test_flow_control_caps_bytes_in_flight():
     sim.run(3)
     sent = sum(len(e.data) for m in sim.sent if m.type == MT.APP and m.dst == slow for e in m.entries)
     assert 3000 <= sent < 3000 + 1100, sent  # stops once the cap is reached (one message may cross it)
+
+
+# -- snapshots: compaction and InstallSnapshot (Raft paper §7) ----------------------
+def behind_a_compacted_leader(n: int = 3, proposals: int = 40, seed: int = 1, **kw):
+    """A settled cluster whose follower `f` missed `proposals` entries that every
+    other replica has since compacted away. Returns (sim, leader, f, last index)."""
+    sim = settled(n, seed, snapshot_chunk_bytes=64, **kw)
+    ldr = sim.leader()
+    f = next(i for i in sim.peers if i != ldr)
+    sim.crash(f)
+    last = None
+    for k in range(proposals):
+        last = sim.propose(b"while-away-%d" % k)
+    assert commit_everywhere(sim, last)
+    for i in sim.peers:
+        if i != f:
+            assert sim.compact_now(i) is not None
+    return sim, ldr, f, last
+
+
+def same_state(sim: Simulator, a: int, b: int) -> bool:
+    na, nb = sim.nodes[a], sim.nodes[b]
+    upto = min(na.last_applied, nb.last_applied)
+    return all(na.applied[i] == nb.applied[i] for i in range(1, upto + 1))
+
+
+def test_a_follower_offline_while_the_leader_compacts_catches_up_by_snapshot():
+    sim, ldr, f, last = behind_a_compacted_leader()
+    sim.record = True
+    sim.restart(f)
+    assert commit_everywhere(sim, last, 60)
+    snaps = [m for m in sim.sent if m.type == MT.SNAP and m.dst == f]
+    assert len({m.snap_offset for m in snaps}) > 3  # many chunks
+    assert sim.core(f).log.snapshot_index >= last - 1
+    assert sim.nodes[f].last_applied >= last and same_state(sim, f, ldr)
+    # Then ordinary replication resumes after the snapshot.
+    more = [sim.propose(b"after-%d" % k) for k in range(5)]
+    assert commit_everywhere(sim, more[-1], 30)
+    apps = [m for m in sim.sent if m.type == MT.APP and m.dst == f and m.entries]
+    assert apps and apps[-1].entries[-1].index == more[-1]
+    sim.stabilize()
+
+
+def test_dropped_chunks_are_resent_and_the_snapshot_still_lands():
+    sim, ldr, f, last = behind_a_compacted_leader(max_inflight_snapshot_chunks=4)
+    seen: set[int] = set()
+
+    def lose_first_copy(m):  # every chunk is lost the first time it is sent
+        if m.type == MT.SNAP and m.snap_offset not in seen:
+            seen.add(m.snap_offset)
+            return True
+        return False
+
+    sim.drop_if = lose_first_copy
+    sim.record = True
+    sim.restart(f)
+    assert commit_everywhere(sim, last, 100)
+    snaps = [m for m in sim.sent if m.type == MT.SNAP and m.dst == f]
+    assert len(snaps) >= 2 * len(seen) > 6
+    assert any(m.type == MT.SNAP_RESP and m.reject for m in sim.sent)  # the follower asked for a resend
+    assert same_state(sim, f, ldr)
+    sim.drop_if = None
+    sim.stabilize()
+
+
+def test_lost_acknowledgements_are_recovered_by_the_resend_timeout():
+    sim, ldr, f, last = behind_a_compacted_leader(max_inflight_snapshot_chunks=2, snapshot_retry_ticks=3)
+    lost = {"acks": 0}
+
+    def lose_acks(m):
+        if m.type == MT.SNAP_RESP and lost["acks"] < 6:
+            lost["acks"] += 1
+            return True
+        return False
+
+    sim.drop_if = lose_acks
+    sim.record = True
+    sim.restart(f)
+    assert commit_everywhere(sim, last, 100)
+    offsets = [m.snap_offset for m in sim.sent if m.type == MT.SNAP and m.dst == f]
+    assert len(offsets) > len(set(offsets))  # some chunks went twice: the timeout resent them
+    assert lost["acks"] == 6 and same_state(sim, f, ldr)
+    sim.stabilize()
+
+
+def test_leader_change_during_a_transfer_restarts_it_from_the_new_leader():
+    sim, ldr, f, last = behind_a_compacted_leader(n=3, proposals=60, max_inflight_snapshot_chunks=1)
+    sim.restart(f)
+    assert sim.run_until(lambda: sim.core(f)._incoming is not None and len(sim.core(f)._incoming.buf) >= 128, 30)
+    assert sim.core(f).log.snapshot_index == 0  # mid-transfer
+    other = next(i for i in sim.peers if i not in (ldr, f))
+    old_term = sim.core(ldr).term
+    sim.isolate(ldr)
+    sim.record = True
+    sim.elect(other)
+    assert sim.run_until(lambda: sim.core(f).log.applied >= last, 60)
+    from_new = [m for m in sim.sent if m.type == MT.SNAP and m.dst == f and m.term > old_term]
+    assert from_new and all(m.src == other for m in from_new) and from_new[0].snap_offset == 0
+    assert sim.stats["snap_cut_by_new_term"] >= 1
+    assert sim.core(f).log.snapshot_index >= last - 1 and same_state(sim, f, other)
+    sim.stabilize()
+
+
+def test_a_follower_crashing_during_an_install_starts_over_and_finishes():
+    sim, ldr, f, last = behind_a_compacted_leader(proposals=60, max_inflight_snapshot_chunks=1)
+    sim.restart(f)
+    assert sim.run_until(lambda: sim.core(f)._incoming is not None and len(sim.core(f)._incoming.buf) >= 192, 30)
+    sim.crash(f)
+    sim.run(2)
+    sim.record = True
+    sim.restart(f)
+    assert commit_everywhere(sim, last, 100)
+    asks = [m for m in sim.sent if m.type == MT.SNAP_RESP and m.src == f and m.reject]
+    assert asks and asks[0].snap_offset == 0  # its partial snapshot died with it: from the start
+    assert same_state(sim, f, ldr)
+    sim.stabilize()
+
+
+def test_restarts_load_the_snapshot_and_replay_only_the_tail():
+    sim = settled(3)
+    for k in range(30):
+        last = sim.propose(b"r-%d" % k)
+    assert commit_everywhere(sim, last)
+    for i in sim.peers:
+        sim.compact_now(i, last - 5)  # keep a tail of 5 entries
+    before = {i: dict(sim.nodes[i].applied) for i in sim.peers}
+    for i in sim.peers:
+        sim.crash(i)
+    for i in sim.peers:
+        sim.restart(i)
+        core = sim.core(i)
+        assert core.log.snapshot_index == last - 5 and core.log.applied == last - 5
+        assert core.snapshot is not None and core.log.first_index == last - 4
+    assert sim.run_until(sim.agreed_leader, 100)
+    assert commit_everywhere(sim, last, 60)
+    for i in sim.peers:
+        assert {k: v for k, v in sim.nodes[i].applied.items() if k <= last} == {
+            k: v for k, v in before[i].items() if k <= last}
+    sim.stabilize()
+
+
+def test_random_compaction_under_churn_keeps_every_state_machine_equal():
+    for seed in (21, 22):
+        sim = Simulator(5, seed, drop=0.1, dup=0.05, max_delay=10, compact=0.1, compact_tail=3,
+                        snapshot_chunk_bytes=48, max_inflight_snapshot_chunks=2)
+        for step in range(200 * 10):
+            if step % 150 == 0:
+                alive = [i for i in sim.peers if sim.nodes[i].alive]
+                sim.crash(sim.rng.choice(alive))
+            if step % 150 == 90:
+                for i in sim.peers:
+                    if not sim.nodes[i].alive:
+                        sim.restart(i)
+            if step % 5 == 0:
+                sim.propose()
+            sim.step_time()
+        sim.stabilize()
+        assert sim.stats["snap_installs"] > 0 and sim.stats["compactions"] > 10, sim.stats
+        orders = {tuple(v for _, v in sorted(n.applied.items())) for n in sim.nodes.values()}
+        assert len(orders) == 1

@@ -481,6 +481,8 @@ def test_agrees_with_memory_storage(tmp_path: Path, seed: int) -> None:
     memory.load()
     disk, _ = reopen(tmp_path, segment_bytes=rng.choice([150, 400, 4096]))
     term, commit, snap, last = 1, 0, 0, 0
+    terms: dict[int, int] = {}  # index -> term of the log both hold (snapshot included)
+    has_data = False  # the snapshot position has its data stored (save_snapshot, not compact)
     for step in range(300):
         op = rng.random()
         if op < 0.5:
@@ -496,6 +498,25 @@ def test_agrees_with_memory_storage(tmp_path: Path, seed: int) -> None:
             memory.append(batch)
             disk.append(batch)
             last = batch[-1].index
+            terms = {i: t for i, t in terms.items() if i < first} | {e.index: e.term for e in batch}
+        elif op < 0.56:
+            # a snapshot of our own log (matching term), or a leader's (any term, maybe past the end)
+            index = rng.randint(max(snap, 1), last + 3)
+            meta = SnapshotMeta(index, terms.get(index, term) if rng.random() < 0.7 else rng.randint(1, term + 1))
+            data = rng.randbytes(rng.randint(0, 30))
+            outcomes = []
+            for storage in (memory, disk):
+                try:
+                    storage.save_snapshot(meta, data)
+                    outcomes.append("ok")
+                except ValueError:
+                    outcomes.append("refused")
+            assert outcomes[0] == outcomes[1], f"seed {seed} step {step}: {outcomes}"
+            if outcomes[0] == "ok" and (index > snap or not has_data):
+                if terms.get(index) != meta.term:
+                    last, terms = index, {}
+                snap, last, has_data = index, max(last, index), True
+                terms = {i: t for i, t in terms.items() if i > index} | {index: meta.term}
         elif op < 0.7:
             commit = rng.randint(commit, last)
             hs = HardState(term, rng.randint(0, 3), commit)
@@ -507,7 +528,8 @@ def test_agrees_with_memory_storage(tmp_path: Path, seed: int) -> None:
             memory.compact(meta)
             disk.compact(meta)
             if index > snap:
-                snap, last = index, max(last, index)
+                snap, last, has_data = index, max(last, index), False
+                terms = {i: t for i, t in terms.items() if i > index} | {index: term}
         elif op < 0.95:
             memory.sync()
             disk.sync()
