@@ -509,7 +509,13 @@ class KVStateMachine:
     # --- snapshots -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as bytes: store with history and compaction point,
+        """`snapshot_plain()` encoded: the bytes a replica saves and sends."""
+        return encode(self.snapshot_plain())
+
+    def snapshot_plain(self) -> list[Any]:
+        """The whole state as a plain value (a copy: applying more entries
+        does not change it; encoding it may run on another thread): store
+        with history and compaction point,
         sessions with their remembered results, leases, applied index and
         term, clock.
 
@@ -517,7 +523,7 @@ class KVStateMachine:
         produce identical bytes. Limits are not included: configure every
         replica the same.
         """
-        plain = [
+        return [
             _SNAPSHOT_MAGIC,
             SNAPSHOT_FORMAT,
             self.applied_index,
@@ -527,7 +533,6 @@ class KVStateMachine:
             self._sessions.to_plain(result_to_plain),
             self._leases.to_plain(),
         ]
-        return encode(plain)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()` result.

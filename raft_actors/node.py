@@ -39,13 +39,13 @@ from typing import Any
 
 import structlog
 
-from kv import Command, KVStateMachine, encode_batch
+from kv import Command, KVStateMachine, encode, encode_batch
 from kv.errors import InvalidRequest, NotLeader
 from kv.requests import LEADER_ONLY_OPS, LeaseGrant
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.leases import LeaseKeeper
 from raft_actors.transport import Transport
-from raft_actors.types import NONE, Entry, EntryKind, HardState, Message
+from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, SnapshotMeta
 from raft_actors.wal import FileStorage
 from raft_actors.watch import WatchServer
 
@@ -81,6 +81,11 @@ class NodeOptions:
         request_timeout_s: how long a replica waits for a proposal to commit
             or a read index to be confirmed before answering "timeout".
         log_level: structlog level inside the replica processes.
+        lease_checkpoint_s: how often the leader writes remaining lease TTLs
+            to the log (bounds how long a leader change can extend a lease).
+        snapshot_entries, snapshot_log_bytes: take a state machine snapshot
+            and discard the log it covers once this many entries, or bytes
+            of entries, were applied since the last one.
     """
 
     tick_ms: int = 30
@@ -89,6 +94,8 @@ class NodeOptions:
     request_timeout_s: float = 5.0
     log_level: str = "warning"
     lease_checkpoint_s: float = 0.5
+    snapshot_entries: int = 20_000
+    snapshot_log_bytes: int = 64 * 1024 * 1024
 
     @property
     def min_lease_ttl_ms(self) -> int:
@@ -123,6 +130,18 @@ class RaftNode:
                         heartbeat_tick=self.opts.heartbeat_ticks)
         self.core = RaftCore(config, persisted, random.Random(int.from_bytes(os.urandom(8), "little")))
         self.sm = KVStateMachine()
+        if persisted.snapshot_data is not None:
+            started = time.perf_counter()
+            self.sm.restore(persisted.snapshot_data)
+            log.info("replica.snapshot_loaded", replica=index, index=persisted.snapshot.index,
+                     bytes=len(persisted.snapshot_data), seconds=round(time.perf_counter() - started, 3))
+        elif persisted.snapshot.index:
+            raise RuntimeError(f"{self.data_dir}: the log starts after {persisted.snapshot.index} "
+                               "but no snapshot data was found; restore this replica from a backup")
+        self._snap_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snap-{index}")
+        self._snap_task: asyncio.Task | None = None
+        self._snap_ready: tuple[SnapshotMeta, bytes] | None = None
+        self._since_snapshot = [0, 0]  # entries, bytes applied since the last snapshot
         self.watches = WatchServer(lambda: self.sm.store)  # answers watch_poll
         self.transport = Transport(self.id, self._resolve_peer)
         self.leases = LeaseKeeper(self.opts.lease_checkpoint_s)
@@ -136,7 +155,8 @@ class RaftNode:
         self._task: asyncio.Task | None = None
         self._closed = False
         self._failed = False
-        self.stats = {"readies": 0, "fsyncs": 0, "entries": 0, "proposals": 0}
+        self.stats = {"readies": 0, "fsyncs": 0, "entries": 0, "proposals": 0, "snapshots": 0,
+                      "snapshots_installed": 0, "snapshot_pause_ms": 0.0, "snapshot_bytes": 0}
         log.info("replica.open", replica=index, term=persisted.hard_state.term,
                  index=persisted.entries[-1].index if persisted.entries else persisted.snapshot.index)
 
@@ -184,6 +204,7 @@ class RaftNode:
             "commit_index": s["commit_index"],
             "applied_index": s["applied_index"],
             "last_index": s["last_index"],
+            "snapshot_index": s["snapshot_index"],
             "revision": self.sm.revision,
             "data_dir": self.data_dir,
             "node_id": self.node_id,
@@ -223,6 +244,7 @@ class RaftNode:
             await loop.run_in_executor(self._io, self._persist, hs, [])
         except Exception as exc:  # the log may be what failed; closing must still finish
             log.warning("replica.close_persist_failed", replica=self.index, term=self.core.term, error=repr(exc))
+        await loop.run_in_executor(None, self._snap_io.shutdown, True)  # a snapshot being written finishes
         await loop.run_in_executor(self._io, self.storage.close)
         self._io.shutdown(wait=True)
         log.info("replica.closed", replica=self.index, term=self.core.term)
@@ -399,6 +421,10 @@ class RaftNode:
                 await asyncio.sleep(0)
                 while self.core.has_ready() and not self._closed:
                     await self._handle_ready(loop)
+                if self._snap_ready is not None:
+                    self._finish_snapshot()
+                elif self._snap_task is None and self._snapshot_due():
+                    self._start_snapshot()
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -412,6 +438,10 @@ class RaftNode:
     async def _handle_ready(self, loop: asyncio.AbstractEventLoop) -> None:
         rd = self.core.ready()
         self.stats["readies"] += 1
+        if rd.snapshot is not None:
+            # A leader's snapshot: durable before anything that follows it in
+            # the log and before our acknowledgement leaves.
+            await loop.run_in_executor(self._io, self.storage.save_snapshot, rd.snapshot.meta, rd.snapshot.data)
         if rd.early_send and rd.messages:
             self.transport.send(rd.messages)  # a leader's appends go out while it fsyncs
         hard_state = self._hard_state_to_write(rd.hard_state)
@@ -431,6 +461,15 @@ class RaftNode:
             self.transport.send(rd.messages)
         # A read index not applied yet waits for _apply (it is at most the
         # commit index, so this Ready's committed entries reach it).
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data)
+            self._since_snapshot = [0, 0]
+            self.stats["snapshots_installed"] += 1
+            log.info("replica.snapshot_installed", replica=self.index, term=self.core.term,
+                     index=rd.snapshot.meta.index, bytes=len(rd.snapshot.data))
+            if self.sm.leases.events:
+                self.leases.observe(self.sm.leases, time.monotonic())
+            self.watches.notify(self.sm.revision)
         for rs in rd.read_states:
             fut = self._read_waiters.pop(rs.context, None)
             if fut is not None and not fut.done():
@@ -451,6 +490,54 @@ class RaftNode:
             if role != Role.LEADER:
                 self._fail_waiters(NotLeader("leadership changed", lead))
         self.core.advance(rd)
+
+    # --- snapshots ------------------------------------------------------------
+    # The state machine is copied to plain values on the loop (the only pause),
+    # encoded and written to its file on the snapshot thread while the replica
+    # goes on serving, then recorded and the log prefix dropped on the loop
+    # between two Readies (core.compact needs that).
+
+    def _snapshot_due(self) -> bool:
+        entries, size = self._since_snapshot
+        return entries >= self.opts.snapshot_entries or size >= self.opts.snapshot_log_bytes
+
+    def _start_snapshot(self) -> None:
+        index = self.sm.applied_index
+        if index <= self.core.log.snapshot_index:
+            return
+        started = time.perf_counter()
+        meta = SnapshotMeta(index, self.core.log.term(index))
+        plain = self.sm.snapshot_plain()
+        pause_ms = (time.perf_counter() - started) * 1000
+        self.stats["snapshot_pause_ms"] = round(pause_ms, 2)
+        self._since_snapshot = [0, 0]
+        self._snap_task = asyncio.get_running_loop().create_task(self._write_snapshot(meta, plain))
+
+    async def _write_snapshot(self, meta: SnapshotMeta, plain: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(self._snap_io, encode, plain)
+            await loop.run_in_executor(self._snap_io, self.storage.prepare_snapshot, meta, data)
+        except Exception:
+            log.exception("replica.snapshot_failed", replica=self.index, term=self.core.term, index=meta.index)
+            self._snap_task = None
+            return
+        self._snap_ready = (meta, data)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _finish_snapshot(self) -> None:
+        meta, data = self._snap_ready  # type: ignore[misc]
+        self._snap_ready = None
+        self._snap_task = None
+        compacted = self.core.compact(meta.index, data)
+        if compacted is None:  # a leader's newer snapshot got here first
+            return
+        self.storage.save_snapshot(compacted, data)
+        self.stats["snapshots"] += 1
+        self.stats["snapshot_bytes"] = len(data)
+        log.info("replica.snapshot", replica=self.index, term=self.core.term, index=meta.index, bytes=len(data),
+                 pause_ms=self.stats["snapshot_pause_ms"])
 
     def _propose_lease_work(self) -> None:
         """As leader: propose expiries of leases past their deadline and
@@ -493,6 +580,8 @@ class RaftNode:
             results: list = []
             if e.kind == EntryKind.NORMAL and e.data:
                 results = self.sm.apply(e.index, e.term, e.data)
+                self._since_snapshot[1] += len(e.data)
+            self._since_snapshot[0] += 1
             applied = e.index
             if self.sm.leases.events:
                 self.leases.observe(self.sm.leases, time.monotonic())

@@ -150,6 +150,7 @@ class FileStorage:
         self._covered: list[Path] = []  # segments found wholly below the snapshot
         self._snap = self._snap_durable = SnapshotMeta()
         self._snap_file = 0  # index of the snapshot file whose data goes with _snap (0: none)
+        self._prepared: tuple[int, int, int] | None = None  # (index, term, size) written by prepare_snapshot
         self._hs = self._hs_durable = HardState()
         self._last = 0  # invariant: _last == max(_snap.index, last entry index)
         self._dirty = False  # the last segment has writes not yet fdatasync'ed
@@ -377,7 +378,9 @@ class FileStorage:
             raise ValueError(f"snapshot {meta} disagrees with the log, whose entries up to {commit} "
                              "are committed: refusing to discard them")
         try:
-            self._write_snapshot_file(meta, data)  # from here on, this is the snapshot
+            if self._prepared != (meta.index, meta.term, len(data)):
+                self._write_snapshot_file(meta, data)  # from here on, this is the snapshot
+            self._prepared = None
             if keep:
                 self._write_snapmeta(meta)
                 self._snap = meta
@@ -394,6 +397,20 @@ class FileStorage:
             self._delete_snapshot_files_except(meta.index)
         except OSError as exc:
             self._fail("snapshot", exc)
+
+    def prepare_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Write the snapshot file ahead of `save_snapshot(meta, data)`, which
+        then only records it and discards the log it covers.
+
+        Touches nothing but the new file, so it may run on another thread
+        while the log is being appended to: a replica writes a large
+        snapshot without holding up its log. The caller must only prepare a
+        snapshot of committed state whose (index, term) is in this log: a
+        crash between prepare and save leaves a file that `load()` finishes
+        saving, as it does for a save cut short.
+        """
+        self._write_snapshot_file(meta, data)
+        self._prepared = (meta.index, meta.term, len(data))
 
     def close(self) -> None:
         """Release files and the directory lock. Unsynced work may be lost; call
