@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Any, Sequence
 
 import structlog
@@ -167,6 +168,76 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.snapshot(args.path)
+    print(f"saved {info.path}: revision {info.revision}, log index {info.index}, {info.size} bytes")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from raft_actors import restore_cluster
+
+    cluster = restore_cluster(args.path, args.cluster, args.replicas, data_dir=args.data_dir, detached=True,
+                              namespace=args.namespace)
+    print(f"restored {args.path} as cluster {args.cluster!r} ({args.replicas} replicas, data in {cluster.data_dir})")
+    print(format_status(cluster.status()))
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        w = c.watch(_arg(args.key), start_revision=args.rev or None, prefix=args.prefix)
+        seen = 0
+        try:
+            for ev in w:
+                print(f"{ev.type.upper()} {show(ev.key)} {show(ev.value)} (revision {ev.mod_revision})", flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            w.cancel()
+    return 0
+
+
+def _cmd_lease(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.action == "grant":
+            lease = c.lease(float(args.arg))
+            print(f"lease {lease.id} granted with TTL {lease.ttl:g} s")
+        elif args.action == "revoke":
+            print(f"lease {int(args.arg)} revoked; {c.lease_revoke(int(args.arg))} keys deleted")
+        elif args.action == "keepalive":
+            print(f"lease {int(args.arg)} renewed for {c.lease_keepalive(int(args.arg)):g} s")
+        elif args.action == "ttl":
+            st = c.lease_time_to_live(int(args.arg), keys=True)
+            keys = ", ".join(show(k) for k in st.keys)
+            print(f"lease {st.id}: TTL {st.ttl:g} s, {st.remaining:.1f} s left, keys [{keys}]")
+        else:
+            for st in c.leases():
+                print(f"{st.id}\t{st.ttl:g}\t{st.remaining:.1f}")
+    return 0
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    import subprocess
+
+    with _client(args) as c:
+        with c.lock(args.lock, ttl=args.ttl, timeout=args.timeout) as lock:
+            print(f"acquired {args.lock!r}, fencing token {lock.fencing_token}", flush=True)
+            if args.command_line:
+                env = dict(os.environ, RAFTKV_LOCK_TOKEN=str(lock.fencing_token))
+                return subprocess.call(args.command_line, env=env)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0
+
+
 def _cmd_put(args: argparse.Namespace) -> int:
     with _client(args) as c:
         c.put(_arg(args.key), _arg(args.value))
@@ -281,6 +352,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[conn], help="a table of the replicas: role, term, leader, commit, applied")
     p.set_defaults(func=_cmd_status, needs_ray=True)
+
+    p = sub.add_parser("watch", parents=[conn], help="print changes to KEY (or a prefix) as they happen")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.add_argument("--rev", type=int, default=0, metavar="N", help="replay from revision N first")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N events")
+    p.set_defaults(func=_cmd_watch, needs_ray=True)
+
+    p = sub.add_parser("lease", parents=[conn], help="grant TTL | revoke ID | keepalive ID | ttl ID | list")
+    p.add_argument("action", choices=["grant", "revoke", "keepalive", "ttl", "list"])
+    p.add_argument("arg", nargs="?", default="0", metavar="TTL_OR_ID")
+    p.set_defaults(func=_cmd_lease, needs_ray=True)
+
+    p = sub.add_parser("lock", parents=[conn], help="hold lock NAME (until Ctrl-C, or while COMMAND runs with "
+                       "RAFTKV_LOCK_TOKEN set to the fencing token)")
+    p.add_argument("lock", metavar="NAME")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.add_argument("--ttl", type=float, default=10.0, help="session lease TTL in seconds (default 10)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.set_defaults(func=_cmd_lock, needs_ray=True)
+
+    p = sub.add_parser("snapshot", parents=[conn], help="save a consistent backup of the cluster to PATH")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=_cmd_snapshot, needs_ray=True)
+
+    p = sub.add_parser("restore", parents=[ray_opts], help="start a new detached cluster NAME from a backup file")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--name", dest="cluster", required=True, metavar="NAME", help="the new cluster's name")
+    p.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
+    p.add_argument("--data-dir", default=None, help="where replicas keep their logs (default <tmp>/raftkv/NAME)")
+    p.set_defaults(func=_cmd_restore, needs_ray=True)
     return parser
 
 

@@ -59,6 +59,7 @@ from kv.limits import DEFAULT_LIMITS, Limits
 from kv.requests import LeaseGrant, LeaseKeepAlive, LeaseRevoke
 from client.leases import Lease, LeaseStatus, Session, ttl_ms
 from kv.validation import validate
+from raft_actors.backup import BackupInfo, write_backup
 from raft_actors.cluster import DEFAULT_NAMESPACE
 from raft_actors.node import actor_name
 
@@ -363,6 +364,15 @@ class Client:
         if not out:
             raise LeaseNotFound(f"lease {lease_id} does not exist (never granted, expired or revoked)")
         return out[0]
+
+    def snapshot(self, path: str) -> "BackupInfo":
+        """Save a consistent backup of the whole store (every key with its
+        history, leases, client sessions) to the file `path`, atomically.
+        `raftkv restore PATH --name NEW` (or raft_actors.restore_cluster)
+        starts a new cluster from it. Returns BackupInfo(path, index, term, revision, size)."""
+        self._check_open()
+        index, term, revision, data = self._call(self._route("backup", (), leader_only=True))
+        return write_backup(path, index, term, revision, data)
 
     def status(self) -> list[dict]:
         """Every replica's status mapping (role, term, commit_index, applied_index, leader, ...)."""

@@ -1,5 +1,6 @@
 """Raft replicas: the sans-IO core, the durable log, and (next) the Ray actors."""
 
+from raft_actors.backup import BackupInfo, read_backup, restore_cluster
 from raft_actors.cluster import Cluster, ClusterExists, get_cluster, start_cluster
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.node import NodeOptions
@@ -19,6 +20,7 @@ from raft_actors.types import (
 
 __all__ = [
     "Cluster", "ClusterExists", "NodeOptions", "get_cluster", "start_cluster",
+    "BackupInfo", "read_backup", "restore_cluster",
     "NONE", "Config", "Entry", "EntryKind", "HardState", "LogStorage", "MemoryStorage", "Message",
     "MessageType", "PersistedState", "RaftCore", "ReadState", "Ready", "Role", "SnapshotMeta",
 ]

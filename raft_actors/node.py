@@ -321,6 +321,19 @@ class RaftNode:
                         sorted(lease.keys) if with_keys else []))
         return ("ok", out)
 
+    async def backup(self) -> tuple[str, Any]:
+        """A consistent snapshot of the state machine for a backup: after a
+        ReadIndex round, so it holds every write acknowledged before the call.
+        Returns ("ok", (index, term, revision, data)); encoding runs off the loop."""
+        status = await self._linearize()
+        if status is not None:
+            return status
+        index, revision = self.sm.applied_index, self.sm.revision
+        term = self.sm.applied_term
+        plain = self.sm.snapshot_plain()
+        data = await asyncio.get_running_loop().run_in_executor(self._snap_io, encode, plain)
+        return ("ok", (index, term, revision, data))
+
     async def _linearize(self) -> tuple[str, Any] | None:
         """Wait until a ReadIndex round confirms leadership and this replica
         has applied up to the read index. None when done, else the answer

@@ -75,3 +75,45 @@ def test_lagging_follower_catches_up_by_install_snapshot(make_cluster):
         # the caught-up follower serves the data (serializable read goes to any replica)
         cluster.transfer_leadership(follower)
         assert len(c.get_prefix("x/")) == 400 and c.get("before").value == "1"
+
+
+def test_backup_and_restore_into_a_new_cluster(make_cluster, tmp_path):
+    from kv.errors import ClusterExists, CorruptLog, InvalidRequest
+    from raft_actors import read_backup, restore_cluster
+
+    cluster = make_cluster(3)
+    path = str(tmp_path / "backup.rkv")
+    with connect(cluster.name) as c:
+        lease = c.lease(120)
+        for i in range(50):
+            c.put(f"b/{i:02d}", str(i), lease=lease if i < 5 else 0)
+        c.delete("b/49")
+        info = c.snapshot(path)
+        c.put("b/after", "not in the backup")
+        rev = c.get("b/48").mod_revision
+    assert info.revision == rev + 2 and info.size > 0  # b/49 put, then deleted
+    assert read_backup(path)[0] == info
+    restored_dir = str(tmp_path / "restored")
+    new = restore_cluster(path, cluster.name + "-r", 3, data_dir=restored_dir)
+    try:
+        with connect(new.name) as c:
+            kvs = c.get_prefix("b/")
+            assert len(kvs) == 49 and c.get("b/after") is None
+            assert c.get("b/48").mod_revision == rev
+            assert c.get_range("b/00").header.revision == info.revision
+            assert c.lease_time_to_live(lease.id, keys=True).keys[:1] == (b"b/00",)
+            r = c.put("b/new", "x")  # and it takes writes, revisions going on
+            assert r.header.revision == info.revision + 1
+        with pytest.raises(ClusterExists):
+            restore_cluster(path, cluster.name + "-r2", 3, data_dir=restored_dir)
+    finally:
+        new.stop()
+    raw = bytearray(open(path, "rb").read())
+    raw[-3] ^= 0xFF
+    bad = tmp_path / "bad.rkv"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CorruptLog):
+        restore_cluster(str(bad), cluster.name + "-bad", 3, data_dir=str(tmp_path / "bad"))
+    with pytest.raises(InvalidRequest):
+        restore_cluster(str(tmp_path / "missing.rkv"), cluster.name + "-m", 3, data_dir=str(tmp_path / "m"))
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
