@@ -41,9 +41,10 @@ import structlog
 
 from kv import Command, KVStateMachine, encode, encode_batch
 from kv.errors import InvalidRequest, NotLeader
-from kv.requests import LEADER_ONLY_OPS, LeaseGrant
+from kv.requests import LEADER_ONLY_OPS, Compact, LeaseGrant
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.leases import LeaseKeeper
+from raft_actors.retention import Retention
 from raft_actors.transport import Transport
 from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, SnapshotMeta
 from raft_actors.wal import FileStorage
@@ -86,6 +87,9 @@ class NodeOptions:
         snapshot_entries, snapshot_log_bytes: take a state machine snapshot
             and discard the log it covers once this many entries, or bytes
             of entries, were applied since the last one.
+        keep_revisions, keep_seconds: MVCC history the leader keeps before it
+            compacts automatically: at least this many revisions, and (if
+            set) at least this many seconds of history. 0 turns either off.
     """
 
     tick_ms: int = 30
@@ -96,6 +100,8 @@ class NodeOptions:
     lease_checkpoint_s: float = 0.5
     snapshot_entries: int = 20_000
     snapshot_log_bytes: int = 64 * 1024 * 1024
+    keep_revisions: int = 100_000
+    keep_seconds: float = 0.0
 
     @property
     def min_lease_ttl_ms(self) -> int:
@@ -145,6 +151,7 @@ class RaftNode:
         self.watches = WatchServer(lambda: self.sm.store)  # answers watch_poll
         self.transport = Transport(self.id, self._resolve_peer)
         self.leases = LeaseKeeper(self.opts.lease_checkpoint_s)
+        self.retention = Retention(self.opts.keep_revisions, self.opts.keep_seconds)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wal-{index}")
         self._waiters: dict[int, tuple[asyncio.Future, int]] = {}  # log index -> (future, term)
         self._read_waiters: dict[bytes, asyncio.Future] = {}  # ReadIndex context -> future
@@ -496,6 +503,7 @@ class RaftNode:
             lead, role = rd.soft_state
             log.info("replica.role", replica=self.index, term=self.core.term, role=Role(role).name.lower(),
                      leader=lead - 1 if lead else None)
+            self.retention.reset()
             if role == Role.LEADER:
                 self.leases.become_leader(self.sm.leases, time.monotonic())
             else:
@@ -553,11 +561,16 @@ class RaftNode:
                  pause_ms=self.stats["snapshot_pause_ms"])
 
     def _propose_lease_work(self) -> None:
-        """As leader: propose expiries of leases past their deadline and
-        checkpoints of remaining TTLs (see raft_actors.leases)."""
+        """As leader: propose expiries of leases past their deadline,
+        checkpoints of remaining TTLs (see raft_actors.leases) and automatic
+        history compaction (raft_actors.retention)."""
         if self.core.role != Role.LEADER or self.core.lead_transferee != NONE:
             return
-        ops = self.leases.due(self.sm.leases, time.monotonic())
+        now = time.monotonic()
+        ops = self.leases.due(self.sm.leases, now)
+        target = self.retention.due(now, self.sm.revision, self.sm.compact_revision)
+        if target is not None:
+            ops.append(Compact(target))
         if ops:
             self.core.propose([encode_batch([Command("", 0, 0, op) for op in ops], time.time())])
 

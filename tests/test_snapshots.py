@@ -117,3 +117,26 @@ def test_backup_and_restore_into_a_new_cluster(make_cluster, tmp_path):
     with pytest.raises(InvalidRequest):
         restore_cluster(str(tmp_path / "missing.rkv"), cluster.name + "-m", 3, data_dir=str(tmp_path / "m"))
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_leader_compacts_history_automatically(make_cluster):
+    from kv.errors import Compacted
+
+    cluster = make_cluster(3, options=NodeOptions(keep_revisions=20))
+    with connect(cluster.name) as c:
+        for i in range(60):
+            c.put("hot", str(i))
+
+        def compacted():
+            try:
+                c.get("hot", revision=5)
+            except Compacted as exc:
+                return exc.compact_revision >= 5
+            return False
+
+        assert wait_for(compacted, 10)
+        rev = c.get("hot").mod_revision
+        assert c.get("hot", revision=rev - 15).value == str(60 - 16)  # recent history kept
+        with pytest.raises(Compacted) as info:
+            c.watch("hot", start_revision=2)
+        assert "compacted" in str(info.value)
