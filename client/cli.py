@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-core", help="measure the Raft core, the simulator and the WAL (no Ray)")
     p.set_defaults(func=_cmd_bench_core, needs_ray=False)
 
+    p = sub.add_parser("bench-snapshot", help="memory, snapshot pause, restart and catch-up with many keys "
+                       "(see `raftkv bench-snapshot --help`)", add_help=False)
+    p.set_defaults(func=None, needs_ray=False)
+
     p = sub.add_parser("start", parents=[ray_opts], help="start a detached cluster on a running Ray cluster")
     p.add_argument("cluster", metavar="NAME")
     p.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
@@ -393,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr as `Error: ...`), SystemExit(2) on bad usage (from argparse).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench-snapshot"]:
+        from client.bench_snapshot import main as bench_snapshot_main
+
+        return bench_snapshot_main(argv[1:])
     if argv[:1] == ["chaos"]:
         # The chaos runner owns its options (and its exit code: 1 when a checker fails).
         from client.chaos import main as chaos_main

@@ -65,6 +65,15 @@ def _ray_node_id() -> str | None:
         return None
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux), 0 if unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def actor_name(cluster: str, index: int) -> str:
     """The Ray actor name of replica `index` (0-based) of `cluster`."""
     return f"raftkv/{cluster}/{index}"
@@ -216,7 +225,16 @@ class RaftNode:
             "data_dir": self.data_dir,
             "node_id": self.node_id,
             "stats": dict(self.stats),
+            "rss_bytes": _rss_bytes(),
         }
+
+    async def take_snapshot(self) -> bool:
+        """Snapshot now (operator use and benchmarks). False if one is already being written."""
+        self._ensure_started()
+        if self._snap_task is not None or self._closed:
+            return False
+        self._start_snapshot()
+        return True
 
     async def transfer_leadership(self, to_index: int) -> None:
         """Move leadership to replica `to_index` once it has caught up.
