@@ -18,7 +18,9 @@ A delete appends a tombstone: version 0, value None, create 0, lease 0. The
 next put after a tombstone starts a new incarnation: version 1 and
 create_revision = its own revision.
 
-Every key with any history sits in `_keys`, a sorted list (bisect), so a
+Every key with any history sits in `_keys`, a chunked sorted set
+(`kv.sortedkeys`: an insert costs O(log n + 1000), not a move of the whole
+list), so a
 single-key read is a dict lookup plus, for an old revision, a bisect of that
 key's history, and a range over k keys costs O(log n + k) plus the tombstoned
 keys in it that compaction has not yet removed.
@@ -44,13 +46,14 @@ the calls made, in order: two stores given the same calls are identical.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Iterator, Literal
 
 from kv.errors import Compacted, FutureRevision, InvalidRequest
 from kv.responses import KeyValue
+from kv.sortedkeys import SortedKeys
 
 __all__ = ["MVCCStore", "Event", "Record", "record_to_kv"]
 
@@ -137,7 +140,7 @@ class MVCCStore:
 
     def __init__(self, changelog_size: int = DEFAULT_CHANGELOG_SIZE) -> None:
         # invariant: _keys is sorted and holds exactly the keys of _index
-        self._keys: list[bytes] = []
+        self._keys = SortedKeys()
         # invariant: every history is non-empty and strictly increasing in MOD
         self._index: dict[bytes, list[Record]] = {}
         # invariant: revision >= 1, compact_revision <= revision, both only increase
@@ -252,24 +255,19 @@ class MVCCStore:
         if range_end is None:
             rec = self.get_record(key, revision)
             return [] if rec is None else [(key, rec)]
-        keys = self._keys
-        lo = bisect_left(keys, key)
-        if range_end == UNBOUNDED:
-            hi = len(keys)
-        else:
-            if range_end <= key:
-                return []
-            hi = bisect_left(keys, range_end, lo)
+        if range_end != UNBOUNDED and range_end <= key:
+            return []
+        keys = self._keys.irange(key, None if range_end == UNBOUNDED else range_end)
         index = self._index
         out = []
         if revision:
-            for k in keys[lo:hi]:
+            for k in keys:
                 hist = index[k]
                 i = bisect_right(hist, revision, key=_mod_of) - 1
                 if i >= 0 and hist[i][VERSION]:
                     out.append((k, hist[i]))
         else:
-            for k in keys[lo:hi]:
+            for k in keys:
                 rec = index[k][-1]
                 if rec[VERSION]:
                     out.append((k, rec))
@@ -305,7 +303,7 @@ class MVCCStore:
         hist = self._index.get(key)
         if hist is None:
             self._index[key] = [(rev, sub, rev, 1, value, lease)]
-            insort(self._keys, key)
+            self._keys.add(key)
             prev = None
         else:
             prev = hist[-1]
@@ -378,7 +376,7 @@ class MVCCStore:
                     del index[k]
                     emptied = True
         if emptied:
-            self._keys = [k for k in self._keys if k in index]
+            self._keys = SortedKeys([k for k in self._keys if k in index])
         self.compact_revision = revision
         # Changes at or below the compaction point can no longer be asked for.
         log = self._log
@@ -419,12 +417,10 @@ class MVCCStore:
             return self._key_changes(revision, key, prev_kv)  # one history: always cheap
         if not scan and revision >= self._log_start:
             log_pos = bisect_left(self._log, (revision,), lo=self._log_head)
-            keys = self._keys
-            lo = bisect_left(keys, key)
-            hi = len(keys) if range_end == UNBOUNDED else bisect_left(keys, range_end, lo)
+            in_range = self._keys.count_range(key, None if range_end == UNBOUNDED else range_end)
             # The scan costs a bisect per key of the range; the changelog a
             # comparison per change since `revision`. Take the cheaper.
-            if (hi - lo) * 8 >= len(self._log) - log_pos:
+            if in_range * 8 >= len(self._log) - log_pos:
                 return self._log_changes(log_pos, key, range_end, prev_kv)
         return iter(self._scan_changes(revision, key, range_end, prev_kv))
 
@@ -480,13 +476,7 @@ class MVCCStore:
             yield self._event(k, hist, bisect_left(hist, rev, key=_mod_of), prev_kv)
 
     def _scan_changes(self, revision: int, key: bytes, range_end: bytes, prev_kv: bool) -> list[Event]:
-        lo = bisect_left(self._keys, key)
-        if range_end == UNBOUNDED:
-            keys = self._keys[lo:]
-        elif range_end <= key:
-            keys = []
-        else:
-            keys = self._keys[lo : bisect_left(self._keys, range_end, lo)]
+        keys = self._keys.irange(key, None if range_end == UNBOUNDED else range_end)
         found: list[tuple[int, int, Event]] = []
         current = self.revision
         for k in keys:
@@ -536,7 +526,7 @@ class MVCCStore:
                 store._index[k] = list(zip(it, it, it, it, it, it))
             if len(store._index) != len(keys) or any(a >= b for a, b in zip(keys, keys[1:])):
                 raise InvalidRequest("malformed store snapshot: keys not strictly ascending")
-            store._keys = keys
+            store._keys = SortedKeys(keys)
             store._log_start = revision + 1  # the changelog starts empty, after the snapshot
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidRequest):
