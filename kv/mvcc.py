@@ -49,7 +49,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from kv.errors import Compacted, FutureRevision, InvalidRequest
 from kv.responses import KeyValue
@@ -367,14 +367,16 @@ class MVCCStore:
             if hist[0][MOD] > revision:
                 continue
             i = bisect_right(hist, revision, key=_mod_of) - 1
+            # New lists, never `del hist[:i]`: a frozen view (snapshot being
+            # encoded on another thread) may still hold the old one.
             if hist[i][VERSION]:
                 if i:
-                    del hist[:i]
+                    index[k] = hist[i:]
+            elif i + 1 < len(hist):
+                index[k] = hist[i + 1 :]
             else:
-                del hist[: i + 1]
-                if not hist:
-                    del index[k]
-                    emptied = True
+                del index[k]
+                emptied = True
         if emptied:
             self._keys = SortedKeys([k for k in self._keys if k in index])
         self.compact_revision = revision
@@ -493,17 +495,35 @@ class MVCCStore:
 
     def to_plain(self) -> list[Any]:
         """The whole store as a plain value (keys in order: deterministic)."""
+        return self.freeze()()
+
+    def freeze(self) -> Callable[[], list[Any]]:
+        """Fix the store's current state cheaply (copies of the key index and
+        of the key -> history map, not of the histories) and return a function
+        that builds `to_plain()` of that state. The function may run on
+        another thread while this store keeps changing: histories are only
+        appended to (records newer than the frozen revision are skipped) or
+        replaced whole by compaction, never cut in place.
+        """
         if self._txn_rev:
             raise RuntimeError("cannot snapshot inside a write group")
-        flat: list[Any] = []
-        index = self._index
-        for k in self._keys:
-            records: list[Any] = []
-            for rec in index[k]:
-                records.extend(rec)
-            flat.append(k)
-            flat.append(records)
-        return [self.revision, self.compact_revision, flat]
+        revision, compact_revision = self.revision, self.compact_revision
+        index = dict(self._index)
+        keys = self._keys.copy()
+
+        def build() -> list[Any]:
+            flat: list[Any] = []
+            for k in keys:
+                records: list[Any] = []
+                for rec in index[k]:
+                    if rec[MOD] > revision:
+                        break
+                    records.extend(rec)
+                flat.append(k)
+                flat.append(records)
+            return [revision, compact_revision, flat]
+
+        return build
 
     @classmethod
     def from_plain(cls, plain: list[Any]) -> MVCCStore:

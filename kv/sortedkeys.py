@@ -29,6 +29,14 @@ class SortedKeys:
         self._maxes = [c[-1] for c in self._chunks]
         self._len = len(keys)
 
+    def copy(self) -> "SortedKeys":
+        """An independent copy (the chunks are copied, the keys shared)."""
+        new = SortedKeys.__new__(SortedKeys)
+        new._chunks = [c[:] for c in self._chunks]
+        new._maxes = self._maxes[:]
+        new._len = self._len
+        return new
+
     def __len__(self) -> int:
         return self._len
 

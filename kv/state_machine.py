@@ -513,8 +513,7 @@ class KVStateMachine:
         return encode(self.snapshot_plain())
 
     def snapshot_plain(self) -> list[Any]:
-        """The whole state as a plain value (a copy: applying more entries
-        does not change it; encoding it may run on another thread): store
+        """The whole state as a plain value: store
         with history and compaction point,
         sessions with their remembered results, leases, applied index and
         term, clock.
@@ -523,16 +522,20 @@ class KVStateMachine:
         produce identical bytes. Limits are not included: configure every
         replica the same.
         """
-        return [
-            _SNAPSHOT_MAGIC,
-            SNAPSHOT_FORMAT,
-            self.applied_index,
-            self.applied_term,
-            self._now,
-            self._store.to_plain(),
-            self._sessions.to_plain(result_to_plain),
-            self._leases.to_plain(),
-        ]
+        return self.snapshot_source()()
+
+    def snapshot_source(self) -> Callable[[], list[Any]]:
+        """Fix the current state cheaply and return a function that builds
+        `snapshot_plain()` of it. The function may run on another thread
+        while this state machine keeps applying entries: that is how a
+        replica snapshots a large store without stopping for long (the store
+        is frozen by copying its indexes, not its histories; sessions and
+        leases, which are small, are copied now)."""
+        header = [_SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, self.applied_index, self.applied_term, self._now]
+        store = self._store.freeze()
+        sessions = self._sessions.to_plain(result_to_plain)
+        leases = self._leases.to_plain()
+        return lambda: header + [store(), sessions, leases]
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()` result.

@@ -65,6 +65,11 @@ def _ray_node_id() -> str | None:
         return None
 
 
+def _encode_built(build: Any) -> bytes:
+    """Build a frozen state machine's plain form and encode it (snapshot thread)."""
+    return encode(build())
+
+
 def _rss_bytes() -> int:
     """This process's resident memory (Linux), 0 if unknown."""
     try:
@@ -355,8 +360,8 @@ class RaftNode:
             return status
         index, revision = self.sm.applied_index, self.sm.revision
         term = self.sm.applied_term
-        plain = self.sm.snapshot_plain()
-        data = await asyncio.get_running_loop().run_in_executor(self._snap_io, encode, plain)
+        build = self.sm.snapshot_source()
+        data = await asyncio.get_running_loop().run_in_executor(self._snap_io, _encode_built, build)
         return ("ok", (index, term, revision, data))
 
     async def _linearize(self) -> tuple[str, Any] | None:
@@ -531,10 +536,11 @@ class RaftNode:
         self.core.advance(rd)
 
     # --- snapshots ------------------------------------------------------------
-    # The state machine is copied to plain values on the loop (the only pause),
-    # encoded and written to its file on the snapshot thread while the replica
-    # goes on serving, then recorded and the log prefix dropped on the loop
-    # between two Readies (core.compact needs that).
+    # The state machine is frozen on the loop (copies of its indexes: the only
+    # pause), turned into plain values, encoded and written to its file on
+    # the snapshot thread while the replica goes on serving, then recorded and
+    # the log prefix dropped on the loop between two Readies (core.compact
+    # needs that).
 
     def _snapshot_due(self) -> bool:
         entries, size = self._since_snapshot
@@ -546,16 +552,16 @@ class RaftNode:
             return
         started = time.perf_counter()
         meta = SnapshotMeta(index, self.core.log.term(index))
-        plain = self.sm.snapshot_plain()
+        build = self.sm.snapshot_source()
         pause_ms = (time.perf_counter() - started) * 1000
         self.stats["snapshot_pause_ms"] = round(pause_ms, 2)
         self._since_snapshot = [0, 0]
-        self._snap_task = asyncio.get_running_loop().create_task(self._write_snapshot(meta, plain))
+        self._snap_task = asyncio.get_running_loop().create_task(self._write_snapshot(meta, build))
 
-    async def _write_snapshot(self, meta: SnapshotMeta, plain: Any) -> None:
+    async def _write_snapshot(self, meta: SnapshotMeta, build: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(self._snap_io, encode, plain)
+            data = await loop.run_in_executor(self._snap_io, _encode_built, build)
             await loop.run_in_executor(self._snap_io, self.storage.prepare_snapshot, meta, data)
         except Exception:
             log.exception("replica.snapshot_failed", replica=self.index, term=self.core.term, index=meta.index)

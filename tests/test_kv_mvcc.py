@@ -323,3 +323,29 @@ def test_against_model(seed):
             assert ev.prev_kv == KeyValue(ev.kv.key, *replay[ev.kv.key])
             del replay[ev.kv.key]
     assert replay == m.states[m.rev]
+
+
+def test_frozen_view_is_unaffected_by_later_writes_and_compaction():
+    import random as _random
+
+    rng = _random.Random(5)
+    s = MVCCStore()
+    keys = [f"k{i}".encode() for i in range(40)]
+    for _ in range(300):
+        k = rng.choice(keys)
+        if rng.random() < 0.2:
+            s.delete_range(k)
+        else:
+            s.put(k, str(rng.random()))
+    expected = s.to_plain()
+    build = s.freeze()
+    for _ in range(300):  # the store moves on: puts, deletes, new keys, compactions
+        k = rng.choice(keys + [f"new{i}".encode() for i in range(10)])
+        if rng.random() < 0.2:
+            s.delete_range(k)
+        else:
+            s.put(k, "later")
+        if rng.random() < 0.05 and s.revision - 3 > s.compact_revision:
+            s.compact(s.revision - 3)
+    assert build() == expected
+    assert MVCCStore.from_plain(build()).to_plain() == expected
