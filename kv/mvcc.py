@@ -46,6 +46,7 @@ the calls made, in order: two stores given the same calls are identical.
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from operator import itemgetter
@@ -125,6 +126,15 @@ def record_to_kv(key: bytes | str, rec: Record) -> KeyValue:
     return KeyValue(key, rec[VALUE], rec[CREATE], rec[MOD], rec[VERSION], rec[LEASE])
 
 
+class _FrozenView:
+    """Histories that compaction replaced while a frozen view was being built."""
+
+    __slots__ = ("saved",)
+
+    def __init__(self) -> None:
+        self.saved: dict[bytes, list] = {}
+
+
 class MVCCStore:
     """Multi-version store of bytes keys to bytes|str values, with history.
 
@@ -148,6 +158,10 @@ class MVCCStore:
         self.compact_revision = 0
         self._txn_rev = 0  # the revision being written by an open group, else 0
         self._sub = 0  # next sub-revision within the open group
+        # Frozen views being built (see freeze): compaction saves the
+        # histories it replaces or drops into each, before replacing them.
+        self._views: list[_FrozenView] = []
+        self._views_lock = threading.Lock()  # build() removes its view from another thread
         # The changelog: (revision, sub, key) of recent changes in applied order;
         # entries before _log_head are dead (dropped in bulk, amortised O(1)).
         # invariant: _log[_log_head:] holds every change with revision >= _log_start
@@ -361,14 +375,21 @@ class MVCCStore:
                 f"cannot compact at revision {revision}, newer than the current revision {self.revision}"
             )
         index = self._index
+        with self._views_lock:
+            views = list(self._views)
         emptied = False
         for k in self._keys:
             hist = index[k]
             if hist[0][MOD] > revision:
                 continue
             i = bisect_right(hist, revision, key=_mod_of) - 1
-            # New lists, never `del hist[:i]`: a frozen view (snapshot being
-            # encoded on another thread) may still hold the old one.
+            # New lists, never `del hist[:i]`, and the old one handed to any
+            # frozen view first: a snapshot being built on another thread
+            # reads the histories as they were when it was frozen.
+            if hist[i][VERSION] and not i:
+                continue
+            for view in views:
+                view.saved.setdefault(k, hist)
             if hist[i][VERSION]:
                 if i:
                     index[k] = hist[i:]
@@ -498,30 +519,44 @@ class MVCCStore:
         return self.freeze()()
 
     def freeze(self) -> Callable[[], list[Any]]:
-        """Fix the store's current state cheaply (copies of the key index and
-        of the key -> history map, not of the histories) and return a function
-        that builds `to_plain()` of that state. The function may run on
-        another thread while this store keeps changing: histories are only
-        appended to (records newer than the frozen revision are skipped) or
-        replaced whole by compaction, never cut in place.
+        """Fix the store's current state cheaply (a copy of the sorted key
+        index, O(keys / 1000)) and return a function that builds `to_plain()`
+        of that state. The function may run on another thread while this
+        store keeps changing: histories are only appended to (records newer
+        than the frozen revision are skipped), and compaction, the only thing
+        that replaces or drops a history, first saves the old one into every
+        view still being built. Call the function once.
         """
         if self._txn_rev:
             raise RuntimeError("cannot snapshot inside a write group")
+        view = _FrozenView()
+        with self._views_lock:
+            self._views.append(view)
         revision, compact_revision = self.revision, self.compact_revision
-        index = dict(self._index)
+        index, saved = self._index, view.saved
         keys = self._keys.copy()
 
         def build() -> list[Any]:
-            flat: list[Any] = []
-            for k in keys:
-                records: list[Any] = []
-                for rec in index[k]:
-                    if rec[MOD] > revision:
-                        break
-                    records.extend(rec)
-                flat.append(k)
-                flat.append(records)
-            return [revision, compact_revision, flat]
+            try:
+                flat: list[Any] = []
+                for k in keys:
+                    # Live first, then saved: compaction saves before it replaces,
+                    # so whichever order the two threads interleave in, a history
+                    # replaced after this point is found in `saved`.
+                    hist = index.get(k)
+                    hist = saved.get(k, hist)
+                    records: list[Any] = []
+                    for rec in hist:  # type: ignore[union-attr]
+                        if rec[MOD] > revision:
+                            break
+                        records.extend(rec)
+                    flat.append(k)
+                    flat.append(records)
+                return [revision, compact_revision, flat]
+            finally:
+                with self._views_lock:
+                    if view in self._views:
+                        self._views.remove(view)
 
         return build
 

@@ -175,14 +175,26 @@ class SessionTable:
 
     def to_plain(self, result_to_plain: Callable[[Any], Any]) -> list[Any]:
         """All sessions, least recently used first, as a plain value."""
-        out: list[Any] = []
-        for client_id, s in self._sessions.items():
-            flat: list[Any] = []
-            for seq in s.seqs:
-                flat.append(seq)
-                flat.append(result_to_plain(s.results[seq]))
-            out.append([client_id, s.ack, s.floor, s.last_seen, flat])
-        return out
+        return self.freeze(result_to_plain)()
+
+    def freeze(self, result_to_plain: Callable[[Any], Any]) -> Callable[[], list[Any]]:
+        """Copy the table's shape now (remembered results are immutable and
+        shared, not converted) and return a function that builds `to_plain()`
+        of that state, safe to run on another thread."""
+        frozen = [(client_id, s.ack, s.floor, s.last_seen, [(seq, s.results[seq]) for seq in s.seqs])
+                  for client_id, s in self._sessions.items()]
+
+        def build() -> list[Any]:
+            out: list[Any] = []
+            for client_id, ack, floor, last_seen, results in frozen:
+                flat: list[Any] = []
+                for seq, result in results:
+                    flat.append(seq)
+                    flat.append(result_to_plain(result))
+                out.append([client_id, ack, floor, last_seen, flat])
+            return out
+
+        return build
 
     @classmethod
     def from_plain(

@@ -529,13 +529,14 @@ class KVStateMachine:
         `snapshot_plain()` of it. The function may run on another thread
         while this state machine keeps applying entries: that is how a
         replica snapshots a large store without stopping for long (the store
-        is frozen by copying its indexes, not its histories; sessions and
-        leases, which are small, are copied now)."""
+        is frozen by copying its indexes, not its histories; sessions by
+        copying their shape, not their remembered results; leases, which are
+        small, are copied now)."""
         header = [_SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, self.applied_index, self.applied_term, self._now]
         store = self._store.freeze()
-        sessions = self._sessions.to_plain(result_to_plain)
+        sessions = self._sessions.freeze(result_to_plain)
         leases = self._leases.to_plain()
-        return lambda: header + [store(), sessions, leases]
+        return lambda: header + [store(), sessions(), leases]
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()` result.
