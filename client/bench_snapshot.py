@@ -103,6 +103,8 @@ def run(keys: int = 1_000_000) -> dict:
             _wait(lambda: (cluster.status()[follower].get("applied_index") or 0) >= commit)
             out["restart_s"] = round(time.monotonic() - t0, 1)
 
+            leader = cluster.leader()  # may have moved meanwhile
+            follower = next(i for i in range(3) if i != leader)
             cluster.kill_replica(follower)
             for i in range(50):
                 c.put(f"after/{i}", "x")
@@ -117,6 +119,7 @@ def run(keys: int = 1_000_000) -> dict:
             _wait(lambda: (cluster.status()[follower].get("applied_index") or 0) >= commit)
             out["catch_up_s"] = round(time.monotonic() - t0, 1)
             out["installed"] = cluster.status()[follower]["stats"]["snapshots_installed"]
+            out["elections_during_run"] = max(s["term"] for s in cluster.status()) - 1
     finally:
         cluster.stop()
     return out
