@@ -32,7 +32,9 @@ from typing import Any
 
 from kv.errors import InvalidRequest, LeaseExists, LeaseNotFound
 
-__all__ = ["Lease", "LeaseTable"]
+__all__ = ["Lease", "LeaseTable", "MAX_LEASE_ID"]
+
+MAX_LEASE_ID = 2**63 - 1  # ids must fit a signed 64-bit int
 
 
 @dataclass(slots=True)
@@ -82,11 +84,14 @@ class LeaseTable:
         if lease_id:
             if lease_id in self._leases:
                 raise LeaseExists(f"lease {lease_id} already exists; grant with id 0 for a fresh one")
+            self._next_id = max(self._next_id, lease_id + 1)
         else:
-            lease_id = self._next_id
+            # Counting up; past the largest id (after a huge explicit one),
+            # from the bottom again, skipping ids in use.
+            lease_id = self._next_id if self._next_id < MAX_LEASE_ID else 1
             while lease_id in self._leases:
-                lease_id += 1
-        self._next_id = max(self._next_id, lease_id + 1)
+                lease_id = lease_id + 1 if lease_id < MAX_LEASE_ID else 1
+            self._next_id = lease_id + 1
         lease = Lease(lease_id, ttl_ms, ttl_ms, index)
         self._leases[lease_id] = lease
         self.events.append(("set", lease_id, ttl_ms))
@@ -100,12 +105,14 @@ class LeaseTable:
         self.events.append(("set", lease_id, lease.ttl_ms))
         return lease
 
-    def checkpoint(self, remaining: tuple[tuple[int, int], ...]) -> int:
-        """Record remaining TTLs; unknown ids are skipped. Returns how many were recorded."""
+    def checkpoint(self, remaining: tuple[tuple[int, int, int], ...]) -> int:
+        """Record remaining TTLs. Skipped: unknown ids, and leases renewed
+        after the leader computed the value (epoch differs: the renewal,
+        applied first, is newer). Returns how many were recorded."""
         n = 0
-        for lease_id, ms in remaining:
+        for lease_id, ms, epoch in remaining:
             lease = self._leases.get(lease_id)
-            if lease is not None:
+            if lease is not None and lease.epoch == epoch:
                 lease.remaining_ms = min(ms, lease.ttl_ms)
                 self.events.append(("checkpoint", lease_id, lease.remaining_ms))
                 n += 1

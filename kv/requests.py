@@ -389,10 +389,12 @@ class LeaseCheckpoint:
     monotonic clock sees it, so a new leader neither renews nor shortens it.
 
     Attributes:
-        remaining: (lease id, remaining milliseconds) pairs.
+        remaining: (lease id, remaining milliseconds, epoch) triples; a
+            lease renewed since the leader read its epoch is left alone (the
+            renewal is newer than the checkpoint computed before it).
     """
 
-    remaining: tuple[tuple[int, int], ...]
+    remaining: tuple[tuple[int, int, int], ...]
 
     TAG: ClassVar[int] = TAG_LEASE_CHECKPOINT
 
@@ -402,9 +404,9 @@ class LeaseCheckpoint:
     @classmethod
     def from_plain(cls, plain: list[Any]) -> LeaseCheckpoint:
         _check_shape(plain, TAG_LEASE_CHECKPOINT, 2, "LeaseCheckpoint")
-        if type(plain[1]) is not list or any(type(p) is not list or len(p) != 2 for p in plain[1]):
-            raise InvalidRequest("malformed LeaseCheckpoint: expected a list of [id, remaining_ms] pairs")
-        return cls(tuple((p[0], p[1]) for p in plain[1]))
+        if type(plain[1]) is not list or any(type(p) is not list or len(p) != 3 for p in plain[1]):
+            raise InvalidRequest("malformed LeaseCheckpoint: expected a list of [id, remaining_ms, epoch]")
+        return cls(tuple((p[0], p[1], p[2]) for p in plain[1]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,12 +212,13 @@ def _check_grant(op: LeaseGrant) -> None:
 
 def _check_checkpoint(op: LeaseCheckpoint) -> None:
     if type(op.remaining) is not tuple:
-        raise InvalidRequest("LeaseCheckpoint.remaining must be a tuple of (id, remaining_ms) pairs")
-    for pair in op.remaining:
-        if type(pair) is not tuple or len(pair) != 2:
-            raise InvalidRequest("LeaseCheckpoint.remaining must hold (id, remaining_ms) pairs")
-        _check_int(pair[0], "LeaseCheckpoint lease id", minimum=1)
-        _check_int(pair[1], "LeaseCheckpoint remaining_ms")
+        raise InvalidRequest("LeaseCheckpoint.remaining must be a tuple of (id, remaining_ms, epoch)")
+    for item in op.remaining:
+        if type(item) is not tuple or len(item) != 3:
+            raise InvalidRequest("LeaseCheckpoint.remaining must hold (id, remaining_ms, epoch) triples")
+        _check_int(item[0], "LeaseCheckpoint lease id", minimum=1)
+        _check_int(item[1], "LeaseCheckpoint remaining_ms")
+        _check_int(item[2], "LeaseCheckpoint epoch")
 
 
 def _check_expire(op: LeaseExpire) -> None:

@@ -124,7 +124,9 @@ class LeaseKeeper:
             for lease_id, deadline in self._deadlines.items():
                 left = max(0, round((deadline - now) * 1000))
                 if self._recorded.get(lease_id, 0) - left >= slack and lease_id not in expiring:
-                    stale.append((lease_id, left))
+                    lease = leases.get(lease_id)
+                    if lease is not None:
+                        stale.append((lease_id, left, lease.epoch))
             for i in range(0, len(stale), CHECKPOINT_BATCH):
                 ops.append(LeaseCheckpoint(tuple(stale[i : i + CHECKPOINT_BATCH])))
         return ops

@@ -103,9 +103,10 @@ def test_renew_checkpoint_and_expiry_epochs():
     lease = d.ok(LeaseGrant(6000)).id
     grant_index = d.index
     assert d.sm.leases.get(lease).epoch == grant_index
-    assert d.ok(LeaseCheckpoint(((lease, 2500), (404, 1)))).updated == 1
+    epoch = d.sm.leases.get(lease).epoch
+    assert d.ok(LeaseCheckpoint(((lease, 2500, epoch), (404, 1, 0)))).updated == 1
     assert d.sm.leases.get(lease).remaining_ms == 2500
-    d.ok(LeaseCheckpoint(((lease, 10**9),)))
+    d.ok(LeaseCheckpoint(((lease, 10**9, epoch),)))
     assert d.sm.leases.get(lease).remaining_ms == 6000  # never above the TTL
     d.ok(Put(b"k", b"v", lease=lease))
     d.ok(LeaseKeepAlive(lease))
@@ -124,7 +125,7 @@ def test_events_for_the_leaders_keeper():
     d = Driver()
     lease = d.ok(LeaseGrant(3000)).id
     d.ok(LeaseKeepAlive(lease))
-    d.ok(LeaseCheckpoint(((lease, 1000),)))
+    d.ok(LeaseCheckpoint(((lease, 1000, d.sm.leases.get(lease).epoch),)))
     d.ok(LeaseRevoke(lease))
     assert d.sm.leases.events == [("set", 1, 3000), ("set", 1, 3000), ("checkpoint", 1, 1000), ("gone", 1, 0)]
 
@@ -136,7 +137,7 @@ def test_snapshot_keeps_leases_and_rebuilds_attachments():
     d.ok(Put(b"x", b"1", lease=a))
     d.ok(Put(b"y", b"2", lease=b))
     d.ok(Put(b"z", b"3", lease=b))
-    d.ok(LeaseCheckpoint(((b, 4000),)))
+    d.ok(LeaseCheckpoint(((b, 4000, d.sm.leases.get(b).epoch),)))
     snap = d.sm.snapshot()
     other = KVStateMachine()
     other.restore(snap)
@@ -156,10 +157,10 @@ def test_lease_validation():
     with pytest.raises(InvalidRequest):
         validate(LeaseRevoke(0))
     with pytest.raises(InvalidRequest):
-        validate(LeaseCheckpoint(((1, -5),)))
+        validate(LeaseCheckpoint(((1, -5, 0),)))
     with pytest.raises(InvalidRequest, match="not allowed inside a Txn"):
         validate(Txn((), (LeaseGrant(5000),), ()))  # type: ignore[arg-type]
-    big = LeaseCheckpoint(tuple((i, 1000) for i in range(1, 200_000)))
+    big = LeaseCheckpoint(tuple((i, 1000, 1) for i in range(1, 200_000)))
     with pytest.raises(RequestTooLarge):
         validate(big)
 

@@ -532,7 +532,7 @@ def _random_batches(seed: int, n: int) -> list[bytes]:
         k = rng.choice(keys)
         if depth == 0 and r < 0.1:
             return rng.choice([LeaseGrant(5000, 5), LeaseGrant(5000, 5), LeaseRevoke(5), LeaseKeepAlive(5),
-                               LeaseExpire(5, rng.randint(0, 60)), LeaseCheckpoint(((5, rng.randint(0, 5000)),)),
+                               LeaseExpire(5, rng.randint(0, 60)), LeaseCheckpoint(((5, rng.randint(0, 5000), rng.randint(0, 60)),)),
                                LeaseGrant(rng.randint(1, 9000))])
         if r < 0.4:
             return Put(k, rng.choice([b"v", "w", str(rng.randint(0, 9))]), lease=rng.choice([0, 0, 5]), prev_kv=rng.random() < 0.5)

@@ -18,7 +18,7 @@ def test_new_leader_never_expires_before_the_recorded_remaining_ttl():
     k = LeaseKeeper(checkpoint_s=0.5)
     k.become_leader(d.sm.leases, now=100.0)
     assert k.remaining_ms(lease, 100.0) == 4000
-    assert k.due(d.sm.leases, 103.9) == [LeaseCheckpoint(((lease, 100),))]
+    assert k.due(d.sm.leases, 103.9) == [LeaseCheckpoint(((lease, 100, d.sm.leases.get(lease).epoch),))]
     assert k.due(d.sm.leases, 104.0) == [LeaseExpire(lease, d.sm.leases.get(lease).epoch)]
     assert k.due(d.sm.leases, 104.5) == []  # proposed already; not again at once
     assert k.due(d.sm.leases, 105.1)[0] == LeaseExpire(lease, d.sm.leases.get(lease).epoch)  # re-proposed
