@@ -415,7 +415,7 @@ class Client:
         if self.__dict__.get("_watch_hub_obj") is not None:
             self._watch_hub_obj.close()  # every watch ends (client/watch.py)
 
-        def fail_all() -> None:
+        async def fail_all() -> None:
             closed = ClientClosed("the client was closed")
             for q in (self._writes, self._reads[True], self._reads[False]):
                 _resolve(list(q), [closed] * len(q))
@@ -423,11 +423,22 @@ class Client:
             pending = [p for _, p in self._inbox]
             self._inbox.clear()
             _resolve(pending, [closed] * len(pending))
-            for task in asyncio.all_tasks(self._loop):
+            tasks = asyncio.all_tasks(self._loop) - {asyncio.current_task()}
+            for task in tasks:
                 task.cancel()
+            if tasks:  # let them run their handlers: in-flight callers get ClientClosed, not silence
+                await asyncio.wait(tasks, timeout=2)
+            if on_loop:  # nobody is waiting to stop the loop after us
+                self._loop.stop()
 
-        self._loop.call_soon_threadsafe(fail_all)
-        self._stop_loop()
+        on_loop = threading.current_thread() is self._thread
+        done = asyncio.run_coroutine_threadsafe(fail_all(), self._loop)
+        if not on_loop:
+            try:
+                done.result(5)
+            except Exception:  # the loop is stuck or gone: stop it anyway
+                pass
+            self._stop_loop()
 
     def __enter__(self) -> "Client":
         return self
@@ -457,7 +468,20 @@ class Client:
 
     def _call(self, coro: Awaitable) -> Any:
         """Run a coroutine on the client loop and wait for it."""
+        try:
+            self._check_not_loop()
+        except InvalidRequest:
+            coro.close()  # type: ignore[attr-defined]
+            raise
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _check_not_loop(self) -> None:
+        """A blocking call on the client's own loop thread (a Session.on_lost
+        callback runs there) would wait for the loop it blocks: refuse it."""
+        if threading.current_thread() is self._thread:
+            raise InvalidRequest("a blocking client call on the client's own loop thread (e.g. in a "
+                                 "Session.on_lost callback) would deadlock; use the async form "
+                                 "(await client.aput(...)) or hand the work to another thread")
 
     def _write(self, op: Any, aio: bool = False) -> Any:
         self._check_open()
@@ -481,6 +505,7 @@ class Client:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             fut: Any = loop.create_future()
         else:
+            self._check_not_loop()
             loop, fut = None, concurrent.futures.Future()
         self._inbox.append((kind, _Pending(item, fut, loop)))
         if not self._inbox_scheduled:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 from kv.errors import LockNotHeld, LockTimeout, NotElectionLeader
 from kv.requests import Compare, DeleteRange, Put, prefix_end
 from kv.responses import KeyValue
-from client.recipes import arun_on_loop, join_queue, queue_prefix, run_on_loop, wait_turn
+from client.recipes import arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
 
 if TYPE_CHECKING:
     from client.client import Client
@@ -62,16 +62,25 @@ class Election:
             LockTimeout: not elected within `timeout` seconds (the candidacy is withdrawn).
             LockNotHeld: the session's lease ended while waiting.
         """
+        check_timeout(timeout)
         if self.session is None or self.session.lost:
             self.session = self.client.session(self.ttl)
             self._own_session = True
+            self._forget_key()
         run_on_loop(self.client, self._campaign(value, timeout))
 
     async def acampaign(self, value: Any, timeout: float | None = None) -> None:
+        check_timeout(timeout)
         if self.session is None or self.session.lost:
             self.session = await self.client.asession(self.ttl)
             self._own_session = True
+            self._forget_key()
         await arun_on_loop(self.client, self._campaign(value, timeout))
+
+    def _forget_key(self) -> None:
+        """A new session: the old key went (or goes) with the old lease."""
+        self.key = self.revision = None
+        self._won = False
 
     def proclaim(self, value: Any) -> None:
         """Change the leader's announced value, only while leading.
@@ -200,8 +209,13 @@ class Observer:
         e = self.election
         c = e.client
         prefix, end = e.prefix, prefix_end(e.prefix)
+        if self._cancelled:
+            return
         r = c.get_range(prefix, end, sort_order="ascend", sort_target="create", limit=1)
         self._watch = c.watch(prefix, start_revision=r.header.revision + 1, prefix=True)
+        if self._cancelled:  # cancel() ran before the watch existed
+            self._watch.cancel()
+            return
         yield from self._changed(r)
         seen = 0
         for ev in self._watch:
@@ -217,8 +231,13 @@ class Observer:
         e = self.election
         c = e.client
         prefix, end = e.prefix, prefix_end(e.prefix)
+        if self._cancelled:
+            return
         r = await c.aget_range(prefix, end, sort_order="ascend", sort_target="create", limit=1)
         self._watch = await c.awatch(prefix, start_revision=r.header.revision + 1, prefix=True)
+        if self._cancelled:  # cancel() ran before the watch existed
+            self._watch.cancel()
+            return
         for v in self._changed(r):
             yield v
         seen = 0

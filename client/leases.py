@@ -156,8 +156,9 @@ class Session:
 
     @property
     def lost(self) -> bool:
-        """True once the lease is known or presumed gone."""
-        return self._lost.is_set()
+        """True once the lease is known or presumed gone (also by this
+        process's clock alone: a TTL passed since the last confirmed renewal)."""
+        return self._lost.is_set() or time.monotonic() >= self._valid_until
 
     def remaining(self) -> float:
         """Seconds this process can still count on the lease (0 once lost)."""
@@ -167,7 +168,7 @@ class Session:
         """Call `callback(session)` once the lease is lost (at once if it
         already is). Returns a function that unregisters it."""
         self._callbacks.append(callback)
-        if self.lost:
+        if self._lost.is_set():  # else _mark_lost will call it
             self._run_callback(callback)
 
         def unregister() -> None:
@@ -238,11 +239,16 @@ class Session:
                     self._mark_lost("not renewed within its TTL")
                     return
                 try:
-                    await self.client.alease_keepalive(self.id)
+                    # Bounded by the TTL: the client's own retries may take longer.
+                    await asyncio.wait_for(self.client.alease_keepalive(self.id), self._valid_until - now)
+                except asyncio.TimeoutError:
+                    self._mark_lost("not renewed within its TTL")
+                    return
                 except LeaseNotFound:
                     self._mark_lost("the cluster ended it")
                     return
                 except ClientClosed:
+                    self._mark_lost("the client was closed")
                     return
                 except RaftKVError as exc:  # no leader right now: retry soon
                     log.info("session.keepalive_retry", lease=self.id, error=str(exc))
@@ -251,7 +257,8 @@ class Session:
                 self._valid_until = now + self.ttl
                 next_at = now + interval
         except asyncio.CancelledError:
-            pass
+            if not self._closed:  # the client's close() cancelled us: nothing renews it now
+                self._mark_lost("the client was closed")
 
     def _mark_lost(self, why: str) -> None:
         if self._lost.is_set():

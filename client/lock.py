@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from kv.errors import LockNotHeld
 from kv.requests import Compare, DeleteRange, Put, Range, Txn
 from kv.responses import PutResponse, TxnResponse
-from client.recipes import arun_on_loop, join_queue, queue_prefix, run_on_loop, wait_turn
+from client.leases import ttl_ms
+from client.recipes import arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
 
 if TYPE_CHECKING:
     from client.client import Client
@@ -55,6 +56,8 @@ class Lock:
         self.client = client
         self.name = name
         self.prefix = queue_prefix("lock", name)
+        ttl_ms(ttl)  # InvalidRequest now, not at acquire()
+        check_timeout(timeout)
         self.ttl = ttl
         self.timeout = timeout
         self._own_session = session is None
@@ -77,16 +80,32 @@ class Lock:
         """
         if self.fencing_token is not None:
             raise LockNotHeld(f"lock {self.name!r} is already held by this Lock object; release it first")
+        timeout = self.timeout if timeout is ... else timeout
+        check_timeout(timeout)
         if self.session is None:
             self.session = self.client.session(self.ttl)
-        return run_on_loop(self.client, self._acquire(self.timeout if timeout is ... else timeout))
+        try:
+            return run_on_loop(self.client, self._acquire(timeout))
+        except BaseException:
+            self._drop_session()  # not acquired: stop renewing a lease nobody will use
+            raise
 
     async def aacquire(self, timeout: float | None = ...) -> "Lock":  # type: ignore[assignment]
         if self.fencing_token is not None:
             raise LockNotHeld(f"lock {self.name!r} is already held by this Lock object; release it first")
+        timeout = self.timeout if timeout is ... else timeout
+        check_timeout(timeout)
         if self.session is None:
             self.session = await arun_on_loop(self.client, self._new_session())
-        return await arun_on_loop(self.client, self._acquire(self.timeout if timeout is ... else timeout))
+        try:
+            return await arun_on_loop(self.client, self._acquire(timeout))
+        except BaseException:
+            if self._own_session and self.session is not None:  # not acquired: stop renewing
+                try:
+                    await arun_on_loop(self.client, self._close_session())
+                except Exception:  # closed client: the TTL ends the lease
+                    pass
+            raise
 
     def release(self) -> None:
         """Give the lock up (delete our key); the next waiter gets it. Idempotent."""

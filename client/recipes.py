@@ -26,6 +26,7 @@ methods of Lock and Election both drive these coroutines there.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, TypeVar
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from client.client import Client
     from client.leases import Session
 
-__all__ = ["queue_prefix", "join_queue", "wait_turn", "run_on_loop", "arun_on_loop"]
+__all__ = ["queue_prefix", "join_queue", "wait_turn", "run_on_loop", "arun_on_loop", "check_timeout"]
 
 T = TypeVar("T")
 
@@ -112,9 +113,24 @@ async def _wait_deleted(client: "Client", key: Any, from_revision: int, session:
         watch.cancel()
 
 
+def check_timeout(timeout: Any) -> None:
+    """Raises InvalidRequest unless timeout is None or a number of seconds >= 0."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout >= 0):
+        raise InvalidRequest(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+
+
 def run_on_loop(client: "Client", coro: Awaitable[T]) -> T:
-    """Run a recipe coroutine on the client's loop from a user thread."""
+    """Run a recipe coroutine on the client's loop from a user thread.
+
+    Raises:
+        InvalidRequest: called on the client's loop thread (it would deadlock).
+    """
     client._check_open()
+    if threading.current_thread() is client._thread:
+        coro.close()  # type: ignore[attr-defined]
+        raise InvalidRequest("a blocking lock or election call on the client's own loop thread (e.g. in "
+                             "a Session.on_lost callback) would deadlock; use its async form there")
     return asyncio.run_coroutine_threadsafe(coro, client._loop).result()  # type: ignore[arg-type]
 
 

@@ -141,6 +141,9 @@ def _settle(fut: Any, loop: asyncio.AbstractEventLoop | None, outcome: Any) -> N
         pass
 
 
+_NOTHING = object()  # _next_event(block=False): nothing buffered
+
+
 class Watch:
     """The events of one key, prefix or range, in revision order.
 
@@ -170,6 +173,7 @@ class Watch:
         self._cond = threading.Condition(threading.Lock())
         # Consumer side, guarded by _cond.
         self._items: deque[WatchResponse] = deque()
+        self._pos = 0  # events of _items[0] already handed out (one at a time: a `break` loses none)
         self._unconsumed = 0  # events pushed and not yet handed to the consumer
         self._latest = start - 1  # the newest bookmark pushed
         self._progress = start - 1  # invariant: _unconsumed == 0 implies _progress == _latest
@@ -206,25 +210,34 @@ class Watch:
                 return
             self._cancelled = True
             self._items.clear()
+            self._pos = 0
             self._unconsumed = 0
             waiters = self._wake_all_locked()
         _wake(waiters)
         self._hub._forget(self)
 
     def __iter__(self) -> Iterator[Event]:
+        # Events leave the buffer one at a time, so breaking out of the loop
+        # and iterating again later misses nothing.
         while True:
-            resp = self._take()
-            if resp is None:
+            ev = self._next_event(block=True)
+            if ev is None:
                 return
-            yield from self._deliver(resp)
+            yield ev
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
-            resp = await self._atake()
-            if resp is None:
+            with self._cond:
+                ready = bool(self._items) or self._cancelled or self._error is not None
+            if not ready:
+                await self._await_items()
+                continue
+            ev = self._next_event(block=False)
+            if ev is None:
                 return
-            for ev in self._deliver(resp):
-                yield ev
+            if ev is _NOTHING:
+                continue
+            yield ev
 
     def iter_responses(self) -> Iterator[WatchResponse]:
         """WatchResponses, progress (empty) ones included; ends and raises as iteration does."""
@@ -271,10 +284,77 @@ class Watch:
                 if self._cancelled:
                     return None
                 if self._items:
-                    return self._items.popleft()
+                    resp = self._items.popleft()
+                    if self._pos:  # partly handed out as events: the rest
+                        resp = WatchResponse(resp.events[self._pos :], resp.revision)
+                        self._pos = 0
+                    return resp
                 if self._error is not None:
                     raise self._error
                 self._cond.wait()
+
+    def _next_event(self, block: bool) -> Any:
+        """The next event, moving progress_revision along: holding the last
+        event of a revision, the consumer has seen that whole revision. None
+        once cancelled. When nothing is buffered: waits if `block`, else
+        returns _NOTHING. Raises the watch's error once the events before it
+        are handed out."""
+        while True:
+            done = None
+            with self._cond:
+                if self._cancelled:
+                    return None
+                if self._items:
+                    head = self._items[0]
+                    events = head.events
+                    if not events:  # a bookmark
+                        self._items.popleft()
+                        done = head
+                        ev = None
+                    else:
+                        i = self._pos
+                        ev = events[i]
+                        if i + 1 == len(events):
+                            self._items.popleft()
+                            self._pos = 0
+                            done = head
+                        else:
+                            self._pos = i + 1
+                            if events[i + 1].revision != ev.revision:
+                                self._progress = max(self._progress, ev.revision)
+                            self._unconsumed -= 1
+                else:
+                    ev = None
+            if done is not None:
+                # the events of `done` handed out before this one were already counted
+                self._consumed(WatchResponse(done.events[-1:], done.revision) if done.events else done)
+            if ev is not None:
+                return _as_str_event(ev) if self._str_keys else ev
+            if done is None:
+                if not block:
+                    with self._cond:
+                        if self._error is not None and not self._items and not self._cancelled:
+                            raise self._error
+                    return _NOTHING
+                resp = self._take()  # nothing buffered: wait; None when cancelled, raises the error
+                if resp is None:
+                    return None
+                with self._cond:  # put it back at the head: handed out one event at a time above
+                    self._items.appendleft(resp)
+
+    async def _await_items(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._items or self._cancelled or self._error is not None:
+                return
+            fut = loop.create_future()
+            self._async_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            with self._cond:
+                if fut in self._async_waiters:
+                    self._async_waiters.remove(fut)
 
     async def _atake(self) -> WatchResponse | None:
         loop = asyncio.get_running_loop()
@@ -294,25 +374,6 @@ class Watch:
                 with self._cond:
                     if fut in self._async_waiters:
                         self._async_waiters.remove(fut)
-
-    def _deliver(self, resp: WatchResponse) -> Iterator[Event]:
-        """Hand out a response's events, moving progress_revision along: when
-        the consumer holds the last event of a revision it has seen that
-        whole revision."""
-        events = resp.events
-        if not events:
-            self._consumed(resp)
-            return
-        last = len(events) - 1
-        for i, ev in enumerate(events):
-            if self._cancelled:
-                return
-            if i == last:
-                self._consumed(resp)
-            elif events[i + 1].revision != ev.revision:
-                with self._cond:
-                    self._progress = max(self._progress, ev.revision)
-            yield _as_str_event(ev) if self._str_keys else ev
 
     def _consumed(self, resp: WatchResponse) -> None:
         resume = False
