@@ -224,12 +224,19 @@ class Cluster:
     def status(self, timeout: float = 5.0) -> list[dict]:
         """One mapping per replica: role, term, commit_index, applied_index, leader...
 
-        A replica that does not answer shows role "down".
+        A replica that is gone shows role "down"; one that does not answer
+        within `timeout` (busy, e.g. loading a large snapshot) "unresponsive".
         """
         out: list[dict] = []
         for i in range(self.replicas):
             try:
                 out.append(ray.get(self.handle(i).status.remote(), timeout=timeout))
+            except ray.exceptions.GetTimeoutError:
+                # Busy (e.g. loading a large snapshot), not gone. Keep the
+                # handle: for a job-scoped cluster it is what keeps the actor
+                # alive, and dropping it would kill the replica.
+                out.append({"replica": i, "role": "unresponsive", "term": None, "leader": None,
+                            "commit_index": None, "applied_index": None})
             except Exception:
                 self._handles.pop(i, None)
                 out.append({"replica": i, "role": "down", "term": None, "leader": None,
