@@ -22,8 +22,10 @@ Safety features, all on by default: PreVote (a node that cannot win does not
 raise terms), CheckQuorum (a leader that cannot hear a quorum steps down, and
 followers that recently heard a leader refuse to vote: the "leader lease"),
 the §5.4.2 commit rule (only entries of the current term commit by counting,
-so every new leader appends a no-op), fast log backtracking by conflict term,
-and flow control (pipelined appends capped in count and bytes).
+so every new leader appends a no-op; in a brand-new log, that no-op is a
+CONF entry recording the initial configuration), fast log backtracking by
+conflict term, and flow control (pipelined appends capped in count and
+bytes).
 
 Outgoing appends and heartbeats are coalesced: proposals and commit updates
 mark followers dirty, and `ready()` sends one AppendEntries per follower for
@@ -46,6 +48,49 @@ follows it, any other log is discarded), hands it to the driver in
 snapshot's index. A snapshot at or below the follower's commit index is never
 installed (it would roll the state machine back); it is only acknowledged.
 
+Membership changes (Raft dissertation §4.1-4.3, one server at a time, with
+learners): `propose_conf_change(change)` appends a CONF entry that records
+the change (`add_learner`, `promote`, `remove`) and the whole configuration
+after it. Every replica uses the latest configuration in its log, committed
+or not; truncating a CONF entry reverts to the previous one (the log keeps
+the history, see `RaftLog.conf`). A leader appends a change only when the
+previous one is committed and it has committed an entry of its own term
+(the dissertation's fix for single-server changes), and refuses changes that
+do not fit: see `propose_conf_change`. Learners get appends and snapshots but
+never campaign, never count toward commit, CheckQuorum or ReadIndex quorums,
+and so never lead; a candidate asks and counts only the voters of its
+configuration.
+
+Who campaigns: a voter of its latest configuration; and a replica whose
+latest configuration removes it while that change is not yet committed as
+far as it knows (dissertation §4.2.2: it may still be needed to commit the
+change, e.g. when the leader that removed itself lost leadership before the
+commit and has the longest log); it then asks and counts only the voters of
+the new configuration, never itself, and steps down once the removal
+commits. Nobody else campaigns: not learners, not replicas that know their
+removal is committed, not a joining replica whose configuration is still
+empty.
+
+Who votes: a replica answers vote requests whatever its own configuration
+says (dissertation §4.1): a replica whose log still calls it a learner
+answers a candidate whose newer log made it a voter (otherwise a cluster that
+lost its leader right after a promotion might elect nobody; etcd documents
+the same case); the candidate counts that vote only because its
+configuration lists the replica as a voter. But a replica refuses a
+candidate that is not a voter of its own latest configuration when that
+configuration is committed as far as it knows: a replica whose removal is
+known to be committed does not win an election of the configuration that
+removed it.
+
+The leader keeps replicating to a replica it is removing, counting it for
+nothing, until one election timeout after the removal commits, so that the
+replica most likely learns of its removal (and its driver can stop it). A
+leader that removes itself keeps leading until the change commits, without
+counting itself toward the new quorum, then tells the others the commit
+index, hands off with TimeoutNow to a caught-up voter, and steps down (a
+cluster layer had better transfer leadership first). Snapshots carry the configuration at
+their index (`SnapshotMeta.conf`), so it survives compaction and restarts.
+
 Roles are methods: `_step_leader`, `_step_candidate`, `_step_follower`,
 switched by `_become_*`.
 """
@@ -54,13 +99,22 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import structlog
 
 from kv.errors import NotLeader
 from raft_actors.log import RaftLog
+from raft_actors.membership import (
+    ConfChange,
+    ConfChangeNotLeader,
+    ConfChangeRefused,
+    ConfChangeType,
+    Membership,
+    Refusal,
+    encode_conf_entry,
+)
 from raft_actors.progress import Progress, ProgressState
 from raft_actors.types import (
     NONE,
@@ -75,6 +129,8 @@ from raft_actors.types import (
     Snapshot,
     SnapshotMeta,
 )
+
+__all__ = ["Config", "ConfChange", "ConfChangeNotLeader", "ConfChangeRefused", "Membership", "RaftCore", "Role"]
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +150,14 @@ class Config:
 
     Attributes:
         id: this replica's id (a positive int).
-        peers: ids of every voting replica, this one included.
+        peers: the initial voters, this one included: the configuration of a
+            brand-new, empty log. Once the log or a snapshot records a
+            configuration, that one is used instead. A replica joining an
+            existing cluster passes `peers=()` (and no learners): it knows no
+            voters, never campaigns, and waits for the leader that added it
+            to send it the log. A replica passes the same `peers` on every
+            restart: the founding voters, or () if it joined later.
+        learners: the initial learners (usually none).
         election_tick: ticks without a leader before a follower campaigns; the
             actual timeout is drawn from [election_tick, 2 * election_tick).
         heartbeat_tick: ticks between leader heartbeats (< election_tick).
@@ -107,6 +170,10 @@ class Config:
         max_inflight_snapshot_chunks: SNAP messages in flight per follower.
         snapshot_retry_ticks: ticks without progress after which a snapshot
             transfer resends from the last acknowledged chunk (0: election_tick).
+        promote_max_lag: a learner is promoted only when its log is within
+            this many entries of the leader's last entry, holds the current
+            configuration's entry, and it answered within the last election
+            timeout; otherwise the promotion is refused, to be retried.
     """
 
     id: int
@@ -122,14 +189,20 @@ class Config:
     snapshot_chunk_bytes: int = 1024 * 1024
     max_inflight_snapshot_chunks: int = 4
     snapshot_retry_ticks: int = 0
+    learners: tuple[int, ...] = ()
+    promote_max_lag: int = 1000
 
     def __post_init__(self) -> None:
         if self.id <= 0:
             raise ValueError("replica ids are positive integers")
-        if self.id not in self.peers:
-            raise ValueError(f"replica {self.id} is not among the peers {self.peers}")
+        if (self.peers or self.learners) and self.id not in self.peers + self.learners:
+            raise ValueError(f"replica {self.id} is not among the peers {self.peers} or learners {self.learners} "
+                             "(a replica joining a running cluster passes peers=())")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError(f"duplicate peer ids in {self.peers}")
+        Membership(self.peers, self.learners)  # raises ValueError on overlaps or bad ids
+        if self.promote_max_lag < 0:
+            raise ValueError("need promote_max_lag >= 0")
         if not 0 < self.heartbeat_tick < self.election_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
         if self.snapshot_chunk_bytes <= 0 or self.max_inflight_snapshot_chunks <= 0 or self.snapshot_retry_ticks < 0:
@@ -161,17 +234,17 @@ class RaftCore:
         persisted = persisted or PersistedState()
         self.config = config
         self.id = config.id
-        self.peers = tuple(sorted(config.peers))
-        self.quorum = len(self.peers) // 2 + 1
         self.rng = rng if rng is not None else random.Random(config.id)
-        self.log = RaftLog(persisted, config.applied)
+        self.log = RaftLog(persisted, config.applied, Membership(config.peers, config.learners))
         # The newest snapshot we hold (our own, installed, or loaded): what we
         # send a follower that is behind our log. None when there is no data
         # (no snapshot yet, or compaction recorded without it).
         # invariant: _snapshot is None or _snapshot.meta.index == log.snapshot_index
         self._snapshot: Snapshot | None = None
         if persisted.snapshot.index > 0 and persisted.snapshot_data is not None:
-            self._snapshot = Snapshot(persisted.snapshot, persisted.snapshot_data)
+            # (a snapshot saved before configurations were recorded gets the assumed one)
+            meta = replace(persisted.snapshot, conf=self.log.conf_at(persisted.snapshot.index))
+            self._snapshot = Snapshot(meta, persisted.snapshot_data)
         self._pending_snapshot: Snapshot | None = None  # installed, not yet handed out in a Ready
         self._incoming: _IncomingSnapshot | None = None  # follower: chunks assembled so far
         self._retry_ticks = config.snapshot_retry_ticks or config.election_tick
@@ -183,6 +256,7 @@ class RaftCore:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = config.election_tick
+        self._ticks = 0  # ticks since this core started (for "heard from recently")
         self.votes: dict[int, bool] = {}
         self.progress: dict[int, Progress] = {}
         self.lead_transferee = NONE
@@ -192,6 +266,8 @@ class RaftCore:
         self._reads_waiting_commit: list[tuple[bytes, int]] = []  # until our term has a commit
         self._reads_unsent = False
         self._dirty: set[int] = set()  # followers owed an AppendEntries at the next ready()
+        # leader: removed replicas still sent the log until this tick (see _conf_committed)
+        self._leaving: dict[int, int] = {}
         self._prev_hard = hs
         self._prev_soft = (NONE, Role.FOLLOWER)
         self._ready_out = False
@@ -204,6 +280,7 @@ class RaftCore:
     # ------------------------------------------------------------------
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._ticks += 1
         self._tick_role()
 
     def campaign(self) -> None:
@@ -215,12 +292,17 @@ class RaftCore:
 
         Args:
             datas: one command batch per entry.
+            kind: the entries' kind; not `EntryKind.CONF` (use
+                `propose_conf_change`).
         Returns:
             The index of the first new entry; entry i gets index first + i.
         Raises:
             NotLeader: this replica is not the leader, or is handing leadership
                 over; `leader_hint` names the leader when known.
+            ValueError: kind is CONF.
         """
+        if kind == EntryKind.CONF:
+            raise ValueError("membership changes go through propose_conf_change(), not propose()")
         if self.role != Role.LEADER:
             raise NotLeader(f"replica {self.id} is not the leader", self.lead)
         if self.lead_transferee != NONE:
@@ -229,6 +311,108 @@ class RaftCore:
         if datas:
             self._append([Entry(self.term, first + i, d, kind) for i, d in enumerate(datas)])
         return first
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a membership change (leader only); it takes effect at once.
+
+        Every replica, this one included, uses the configuration in the
+        entry as soon as the entry is in its log; it is durable once the entry
+        commits, and reaches the application in `Ready.committed` as an entry
+        of kind `EntryKind.CONF` (decode it with
+        `raft_actors.membership.decode_conf_entry`). A new learner is sent
+        the log (or the snapshot) from now on: the driver's transport must be
+        able to reach it before the change commits.
+
+        Args:
+            change: `ConfChange.add_learner(id)`, `.promote(id)` or `.remove(id)`.
+        Returns:
+            The index of the CONF entry. The change is in force for good once
+            that index is committed; a new leader may drop it before then
+            (the configuration then reverts), and the caller should check
+            the configuration and retry.
+        Raises:
+            ConfChangeNotLeader: not the leader, or leadership is being
+                transferred (a `NotLeader` too; `leader_hint` names whom to ask).
+            ConfChangeRefused: nothing was appended; `reason` says why:
+                TERM_NOT_COMMITTED: this leader has not committed an entry of
+                    its own term yet (retry shortly);
+                PENDING: an earlier change is not committed yet (one at a
+                    time; retry once it is);
+                NOT_LEARNER / ALREADY_MEMBER / NOT_MEMBER / LAST_VOTER /
+                    INVALID: the change does not fit the configuration;
+                LEARNER_BEHIND: promoting a learner whose log is more than
+                    `Config.promote_max_lag` entries behind, or does not
+                    reach the current configuration's entry yet, or that has
+                    not answered within the last election timeout (retry later);
+                WOULD_LOSE_QUORUM: the voters of the new configuration that
+                    answered within the last election timeout (the leader
+                    counts itself if it stays a voter) are not a quorum of it.
+        """
+        if self.role != Role.LEADER:
+            raise ConfChangeNotLeader(f"replica {self.id} is not the leader", Refusal.NOT_LEADER, self.lead)
+        if self.lead_transferee != NONE:
+            raise ConfChangeNotLeader(f"leadership is moving to replica {self.lead_transferee}",
+                                      Refusal.TRANSFERRING, self.lead_transferee)
+        lg = self.log
+        if lg.term(lg.committed) != self.term:
+            raise ConfChangeRefused(f"leader {self.id} has not committed an entry of its term {self.term} yet; "
+                                    "retry shortly", Refusal.TERM_NOT_COMMITTED, self.id)
+        if lg.conf_index > lg.committed:
+            raise ConfChangeRefused(f"the configuration change at index {lg.conf_index} is not committed yet "
+                                    f"(commit {lg.committed}); one change at a time, retry once it is",
+                                    Refusal.PENDING, self.id)
+        old = lg.conf
+        new = old.apply(change)  # refuses changes that do not fit the configuration
+        target = change.node_id
+        window = self.config.election_tick
+        if change.type == ConfChangeType.PROMOTE:
+            pr = self.progress[target]
+            behind = lg.last_index - pr.match
+            if (behind > self.config.promote_max_lag or pr.match < lg.conf_index
+                    or not pr.responsive(self._ticks, window)):
+                raise ConfChangeRefused(
+                    f"learner {target} has not caught up ({behind} entries behind, at most "
+                    f"{self.config.promote_max_lag} allowed, and it must hold the configuration at "
+                    f"{lg.conf_index}; answered recently: {pr.responsive(self._ticks, window)}); retry later",
+                    Refusal.LEARNER_BEHIND, self.id)
+        if new.voters != old.voters:
+            live = [v for v in new.voters if v == self.id or (v in self.progress
+                                                               and self.progress[v].responsive(self._ticks, window))]
+            if len(live) < new.quorum:
+                raise ConfChangeRefused(
+                    f"{change.type.name.lower()} {target} would leave voters {new.voters} needing {new.quorum} "
+                    f"for a quorum, but only {live} answered within the last {window} ticks",
+                    Refusal.WOULD_LOSE_QUORUM, self.id)
+        index = lg.last_index + 1
+        self._append([Entry(self.term, index, encode_conf_entry(change, new), EntryKind.CONF)])
+        for p in new.members:
+            if p not in self.progress or p in self._leaving:
+                # a new learner: probe from the CONF entry on; it will say how far back it must go
+                self._leaving.pop(p, None)
+                pr = Progress(index, self.config.max_inflight_msgs, self.config.max_inflight_bytes)
+                self.progress[p] = pr
+                self._dirty.add(p)
+        log.info("raft.conf_change_proposed", replica=self.id, term=self.term, index=index,
+                 change=change.type.name.lower(), node=target, voters=new.voters, learners=new.learners)
+        return index
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration this replica uses: the latest in its log, committed or not."""
+        return self.log.conf
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The `SnapshotMeta` a snapshot of the state machine at `index` gets
+        (what `compact(index, ...)` returns): position and configuration.
+        For writing the snapshot file ahead of `compact` (`prepare_snapshot`).
+
+        Raises:
+            ValueError: `index` is compacted already or past the last entry.
+        """
+        term = self.log.term(index)
+        if term is None or index < self.log.snapshot_index:
+            raise ValueError(f"no entry at {index} (log holds {self.log.snapshot_index}..{self.log.last_index})")
+        return SnapshotMeta(index, term, self.log.conf_at(index))
 
     def read_index(self, context: bytes) -> bool:
         """Ask for a linearizable read point identified by `context` (unique bytes).
@@ -254,8 +438,8 @@ class RaftCore:
         """
         if self.role != Role.LEADER:
             raise NotLeader(f"replica {self.id} is not the leader", self.lead)
-        if to == self.id or to not in self.progress:
-            raise ValueError(f"cannot transfer leadership to {to}")
+        if to == self.id or to not in self.progress or not self.log.conf.is_voter(to):
+            raise ValueError(f"cannot transfer leadership to {to}: not another voter")
         self.lead_transferee = to
         self.election_elapsed = 0
         log.info("raft.transfer_start", replica=self.id, term=self.term, to=to)
@@ -290,12 +474,11 @@ class RaftCore:
             return None
         if index > self.log.applied:
             raise ValueError(f"cannot compact to {index}: only {self.log.applied} is applied")
-        term = self.log.term(index)
-        assert term is not None  # snapshot_index < index <= applied <= last_index
-        self.log.compact(index, term)
-        meta = SnapshotMeta(index, term)
+        meta = self.snapshot_meta(index)  # (snapshot_index < index <= applied <= last_index)
+        self.log.compact(index, meta.term)
         self._snapshot = Snapshot(meta, data)
-        log.info("raft.compacted", replica=self.id, term=self.term, index=index, snapshot_term=term, bytes=len(data))
+        log.info("raft.compacted", replica=self.id, term=self.term, index=index, snapshot_term=meta.term,
+                 bytes=len(data))
         if self.role == Role.LEADER:
             # Transfers of the older snapshot are of no use now: its next entry is gone too.
             for p, pr in self.progress.items():
@@ -410,6 +593,10 @@ class RaftCore:
             "applied_index": self.log.applied,
             "last_index": self.log.last_index,
             "snapshot_index": self.log.snapshot_index,
+            "voters": self.log.conf.voters,
+            "learners": self.log.conf.learners,
+            "conf_index": self.log.conf_index,
+            "conf_pending": self.log.conf_index > self.log.committed,
             "progress": {p: repr(pr) for p, pr in self.progress.items()} if self.role == Role.LEADER else {},
         }
 
@@ -428,6 +615,7 @@ class RaftCore:
         self.votes = {}
         self.lead_transferee = NONE
         self.progress = {}
+        self._leaving = {}
         self._reads = []
         self._reads_waiting_commit = []
         self._reads_unsent = False
@@ -466,7 +654,7 @@ class RaftCore:
         self._step_role = self._step_leader
         self._tick_role = self._tick_heartbeat
         nxt = self.log.last_index + 1
-        for p in self.peers:
+        for p in sorted(set(self.log.conf.members) | {self.id}):
             pr = Progress(nxt, self.config.max_inflight_msgs, self.config.max_inflight_bytes)
             if p == self.id:
                 pr.match = self.log.stable
@@ -474,20 +662,43 @@ class RaftCore:
             pr.recent_active = True
             self.progress[p] = pr
         log.info("raft.became_leader", replica=self.id, term=self.term, index=self.log.last_index)
-        # §5.4.2: entries of earlier terms commit only under one of ours.
-        self._append([Entry(self.term, nxt, b"")])
+        # §5.4.2: entries of earlier terms commit only under one of ours. In a
+        # log that does not record its configuration yet (a new cluster), the
+        # no-op records it, so replicas that join later read it from the log.
+        if self.log.conf_recorded:
+            self._append([Entry(self.term, nxt, b"")])
+        else:
+            data = encode_conf_entry(ConfChange(ConfChangeType.BOOTSTRAP, 0), self.log.conf)
+            self._append([Entry(self.term, nxt, data, EntryKind.CONF)])
 
     # ------------------------------------------------------------------
     # Elections
     # ------------------------------------------------------------------
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_timeout:
+        # A replica that may not campaign keeps counting: once past the election
+        # timeout it no longer counts as hearing a leader, so it answers the
+        # candidates that need its vote (a promoted learner that has not seen
+        # its promotion yet) instead of ignoring them as in a leader's lease.
+        if self.election_elapsed >= self.randomized_timeout and self._promotable():
             self.election_elapsed = 0
             self.step(Message(MT.HUP, self.id, self.id))
 
+    def _promotable(self) -> bool:
+        """May this replica campaign? See "Who campaigns" in the module docstring."""
+        lg = self.log
+        if lg.conf.is_voter(self.id):
+            return True
+        # Being removed by a change not known to be committed: possibly still needed.
+        return lg.conf_index > lg.committed and lg.prev_conf.is_voter(self.id)
+
     def _hup(self, transfer: bool) -> None:
         if self.role == Role.LEADER:
+            return
+        if not self._promotable():
+            # A learner, a removed replica, or a joining one: never a candidate.
+            log.debug("raft.not_campaigning", replica=self.id, term=self.term, index=self.log.last_index,
+                      conf_index=self.log.conf_index)
             return
         if self.config.pre_vote and not transfer:
             self._campaign(pre=True, transfer=False)
@@ -510,19 +721,24 @@ class RaftCore:
             return
         log.info("raft.campaign", replica=self.id, term=term, pre_vote=pre, index=self.log.last_index)
         ctx = TRANSFER_CONTEXT if transfer else b""
-        for p in self.peers:
+        for p in self.log.conf.voters:
             if p != self.id:
                 self._send(Message(vote_type, self.id, p, term=term, index=self.log.last_index,
                                    log_term=self.log.last_term, context=ctx))
 
     def _poll(self, voter: int, granted: bool) -> int:
-        """Record a vote; 1 if we won, -1 if we lost, 0 if undecided."""
+        """Record a vote; 1 if we won, -1 if we lost, 0 if undecided.
+
+        Only the voters of our configuration count (a learner's answer never does)."""
+        conf = self.log.conf
+        if not conf.is_voter(voter):
+            return 0
         self.votes.setdefault(voter, granted)
         yes = sum(1 for v in self.votes.values() if v)
         no = len(self.votes) - yes
-        if yes >= self.quorum:
+        if yes >= conf.quorum:
             return 1
-        if no >= self.quorum:
+        if no >= conf.quorum:
             return -1
         return 0
 
@@ -533,6 +749,11 @@ class RaftCore:
             or (self.vote == NONE and self.lead == NONE)
             or (m.type == MT.PRE_VOTE and m.term > self.term)
         )
+        lg = self.log
+        if lg.conf_index <= lg.committed and not lg.conf.is_voter(m.src):
+            # Our configuration is committed and the candidate is no voter of it
+            # (removed, or a learner whose promotion we have not seen).
+            can_vote = False
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             # Answer with the candidate's term: a pre-vote grant must not look stale.
             self._send(Message(resp, self.id, m.src, term=m.term))
@@ -592,7 +813,7 @@ class RaftCore:
         if pr is None:
             return
         if t == MT.APP_RESP:
-            pr.recent_active = True
+            pr.heard(self._ticks)
             if m.reject:
                 hint = m.reject_hint
                 if m.log_term > 0:
@@ -612,12 +833,14 @@ class RaftCore:
                 # the next append or heartbeat (followers need it only to
                 # apply; that halves the messages per write under load).
                 self._maybe_commit()
+                if self.role != Role.LEADER or self.progress.get(m.src) is not pr:
+                    return  # the commit removed us (we stepped down) or the sender
                 if old_paused or pr.next <= self.log.last_index:
                     self._dirty.add(m.src)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index:
                     self._send(Message(MT.TIMEOUT_NOW, self.id, m.src, term=self.term))
         elif t == MT.HEARTBEAT_RESP:
-            pr.recent_active = True
+            pr.heard(self._ticks)
             pr.probe_sent = False
             pr.free_first()
             if pr.match < self.log.last_index:
@@ -628,7 +851,7 @@ class RaftCore:
             if m.context:
                 self._ack_read(m.context, m.src)
         elif t == MT.SNAP_RESP:
-            pr.recent_active = True
+            pr.heard(self._ticks)
             self._handle_snapshot_resp(m, pr)
 
     # ------------------------------------------------------------------
@@ -638,7 +861,7 @@ class RaftCore:
         # The leader's own copy counts toward a quorum only once it is durable
         # (see advance()), so its appends may be sent before its own fsync.
         self.log.append(entries)
-        self._dirty.update(p for p in self.peers if p != self.id)
+        self._dirty.update(p for p in self.progress if p != self.id)
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:
@@ -653,18 +876,41 @@ class RaftCore:
                            reject_hint=hint_index, log_term=hint_term))
 
     def _maybe_commit(self) -> bool:
-        matches = sorted((self.progress[p].match for p in self.peers), reverse=True)
-        index = matches[self.quorum - 1]
+        # Only the voters of the latest configuration count (learners never,
+        # nor this leader once it is removing itself).
+        conf = self.log.conf
+        matches = sorted((self.progress[p].match for p in conf.voters), reverse=True)
+        index = matches[conf.quorum - 1]
         # §5.4.2: count replicas only for an entry of our own term.
         if index > self.log.committed and self.log.term(index) == self.term:
-            first_in_term = self.log.term(self.log.committed) != self.term
+            before = self.log.committed
+            first_in_term = self.log.term(before) != self.term
             self.log.commit_to(index)
             if first_in_term and self._reads_waiting_commit:
                 waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
                 for ctx, requester in waiting:
                     self._leader_read(ctx, requester)
+            if before < self.log.conf_index <= index:
+                self._conf_committed()
             return True
         return False
+
+    def _conf_committed(self) -> None:
+        """The latest configuration is committed: step down if it removed us;
+        keep replicating to a replica it removed for one more election timeout,
+        so that it hears of the commit and learns it was removed."""
+        conf = self.log.conf
+        for p in self.progress:
+            if p != self.id and p not in conf.members and p not in self._leaving:
+                self._leaving[p] = self._ticks + self.config.election_tick
+        if not conf.is_voter(self.id):
+            self._broadcast_heartbeat(b"")  # the new configuration's voters learn it is committed
+            best = max(conf.voters, key=lambda p: (self.progress[p].match, -p))
+            if self.progress[best].match == self.log.last_index:
+                self._send(Message(MT.TIMEOUT_NOW, self.id, best, term=self.term))
+            log.info("raft.removed_leader_steps_down", replica=self.id, term=self.term, index=self.log.conf_index,
+                     handoff=best if self.progress[best].match == self.log.last_index else NONE)
+            self._become_follower(self.term, NONE)
 
     def _send_append(self, to: int, send_if_empty: bool) -> bool:
         pr = self.progress[to]
@@ -704,7 +950,8 @@ class RaftCore:
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             for p in sorted(dirty):
-                self._send_all(p)
+                if p in self.progress:
+                    self._send_all(p)
         if self._reads_unsent and self._reads:
             self._reads_unsent = False
             self._broadcast_heartbeat(self._reads[-1].context)
@@ -715,19 +962,20 @@ class RaftCore:
         if self.election_elapsed >= self.config.election_tick:
             self.election_elapsed = 0
             if self.config.check_quorum:
-                active = sum(1 for p in self.peers if p == self.id or self.progress[p].recent_active)
-                for p in self.peers:
+                conf = self.log.conf
+                active = sum(1 for p in conf.voters if p == self.id or self.progress[p].recent_active)
+                for p, pr in self.progress.items():
                     if p != self.id:
-                        self.progress[p].recent_active = False
-                if active < self.quorum:
+                        pr.recent_active = False
+                if active < conf.quorum:
                     log.warning("raft.lost_quorum", replica=self.id, term=self.term, active=active)
                     self._become_follower(self.term, NONE)
                     return
             if self.lead_transferee != NONE:
                 log.info("raft.transfer_abandoned", replica=self.id, term=self.term, to=self.lead_transferee)
                 self.lead_transferee = NONE
-        for p in self.peers:
-            tr = self.progress[p].snapshot
+        for p, pr in self.progress.items():
+            tr = pr.snapshot
             if tr is not None and tr.tick(self._retry_ticks):
                 log.info("raft.snapshot_resend", replica=self.id, term=self.term, peer=p, index=tr.meta.index,
                          chunk=tr.acked)
@@ -735,11 +983,15 @@ class RaftCore:
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat(self._reads[-1].context if self._reads else b"")
+        if self._leaving:
+            for p in [p for p, until in self._leaving.items() if until <= self._ticks]:
+                del self._leaving[p], self.progress[p]
+                self._dirty.discard(p)
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
-        for p in self.peers:
+        for p, pr in self.progress.items():
             if p != self.id:
-                commit = min(self.progress[p].match, self.log.committed)
+                commit = min(pr.match, self.log.committed)
                 self._send(Message(MT.HEARTBEAT, self.id, p, term=self.term, commit=commit, context=context))
 
     # ------------------------------------------------------------------
@@ -775,7 +1027,7 @@ class RaftCore:
             lo = k * size
             self._send(Message(MT.SNAP, self.id, to, term=self.term, index=meta.index, log_term=meta.term,
                                snap_offset=lo, snap_chunk=data[lo : lo + size],
-                               snap_done=k == tr.chunks - 1))
+                               snap_done=k == tr.chunks - 1, snap_conf=meta.conf))
             tr.next = k + 1
 
     def _handle_snapshot_resp(self, m: Message, pr: Progress) -> None:
@@ -822,11 +1074,12 @@ class RaftCore:
             self._send_snap_resp(m, len(inc.buf))
             return
         self._incoming = None
-        snap = Snapshot(SnapshotMeta(m.index, m.log_term), bytes(inc.buf))
-        kept = self.log.restore(m.index, m.log_term)
+        kept = self.log.restore(m.index, m.log_term, m.snap_conf)
+        snap = Snapshot(SnapshotMeta(m.index, m.log_term, self.log.conf_at(m.index)), bytes(inc.buf))
         self._snapshot = self._pending_snapshot = snap
         log.info("raft.snapshot_installed", replica=self.id, term=self.term, index=m.index,
-                 snapshot_term=m.log_term, bytes=len(snap.data), kept_tail=kept, last_index=self.log.last_index)
+                 snapshot_term=m.log_term, bytes=len(snap.data), kept_tail=kept, last_index=self.log.last_index,
+                 voters=self.log.conf.voters, learners=self.log.conf.learners)
         self._send_snap_resp(m, len(snap.data), done=True)
 
     def _send_snap_resp(self, m: Message, held: int, reject: bool = False, done: bool = False) -> None:
@@ -841,7 +1094,7 @@ class RaftCore:
             # Our commit index may lag the previous leader's until our no-op commits.
             self._reads_waiting_commit.append((context, requester))
             return
-        if self.quorum == 1:
+        if self.log.conf.voters == (self.id,):
             self._release_read(context, self.log.committed, requester)
             return
         self._reads.append(_PendingRead(context, self.log.committed, requester, {self.id}))
@@ -850,8 +1103,11 @@ class RaftCore:
     def _ack_read(self, context: bytes, voter: int) -> None:
         for pos, rd in enumerate(self._reads):
             if rd.context == context:
+                conf = self.log.conf
+                if not conf.is_voter(voter):
+                    return  # a learner's answer confirms nothing
                 rd.acks.add(voter)
-                if len(rd.acks) >= self.quorum:
+                if sum(1 for a in rd.acks if conf.is_voter(a)) >= conf.quorum:
                     # A quorum confirmed our leadership after every earlier request too.
                     done, self._reads = self._reads[: pos + 1], self._reads[pos + 1 :]
                     for r in done:

@@ -3,6 +3,11 @@
 Holds every entry after the last snapshot, remembers how much of it is known to
 be on disk (`stable`), committed, and handed to the application (`applied`).
 The driver persists what is unstable and reports back through `stable_to`.
+
+It also knows the configuration at every position it holds: the one in
+effect at the snapshot point (or the initial one), then one per CONF entry
+after it. A replica uses the latest one, committed or not (Raft dissertation
+§4.1), so truncating a CONF entry reverts to the configuration before it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import bisect
 from typing import Sequence
 
-from raft_actors.types import Entry, PersistedState
+from raft_actors.membership import Membership, decode_conf_entry
+from raft_actors.types import Entry, EntryKind, PersistedState
+
+_CONF = EntryKind.CONF
 
 
 class RaftLog:
@@ -18,16 +26,32 @@ class RaftLog:
 
     invariant: snapshot_index <= applied <= committed <= last_index
     invariant: snapshot_index <= stable <= last_index
+    invariant: _confs[0][0] == snapshot_index, then one (index, membership) per
+        CONF entry in `entries`, in index order
     """
 
-    __slots__ = ("snapshot_index", "snapshot_term", "entries", "committed", "applied", "stable")
+    __slots__ = ("snapshot_index", "snapshot_term", "entries", "committed", "applied", "stable", "_confs",
+                 "_base_recorded")
 
-    def __init__(self, persisted: PersistedState, applied: int = 0) -> None:
+    def __init__(self, persisted: PersistedState, applied: int = 0, initial: Membership = Membership()) -> None:
+        """Args:
+            persisted: what storage recovered.
+            applied: the application's applied index.
+            initial: the configuration before index 1 (`Config.peers`); used
+                when there is no snapshot, or one that does not record its
+                configuration.
+        """
         self.snapshot_index = persisted.snapshot.index
         self.snapshot_term = persisted.snapshot.term
         self.entries: list[Entry] = list(persisted.entries)
         if self.entries and self.entries[0].index != self.snapshot_index + 1:
             raise ValueError("persisted entries do not start right after the snapshot")
+        base = persisted.snapshot.conf if self.snapshot_index and persisted.snapshot.conf is not None else initial
+        self._confs: list[tuple[int, Membership]] = [(self.snapshot_index, base)]
+        # whether the base configuration was read from the log (a snapshot's record),
+        # rather than assumed from the replica's settings
+        self._base_recorded = bool(self.snapshot_index) and persisted.snapshot.conf is not None
+        self._note_confs(self.entries)
         self.committed = max(persisted.hard_state.commit, self.snapshot_index)
         if self.committed > self.last_index:
             raise ValueError(f"hard state commit {self.committed} is past the last entry {self.last_index}")
@@ -63,6 +87,45 @@ class RaftLog:
         """Raft §5.4.1: is a candidate's log at least as up to date as ours?"""
         mine = self.last_term
         return last_term > mine or (last_term == mine and last_index >= self.last_index)
+
+    # -- configuration -----------------------------------------------------
+    @property
+    def conf(self) -> Membership:
+        """The latest configuration in the log, committed or not."""
+        return self._confs[-1][1]
+
+    @property
+    def conf_index(self) -> int:
+        """Index of the CONF entry that made `conf` (the snapshot index if none is left)."""
+        return self._confs[-1][0]
+
+    @property
+    def conf_recorded(self) -> bool:
+        """Whether the log (a CONF entry, or the snapshot) records the configuration,
+        rather than the replica assuming its initial one."""
+        return self._base_recorded or len(self._confs) > 1
+
+    @property
+    def prev_conf(self) -> Membership:
+        """The configuration before the latest CONF entry (`conf` itself if none is in the log)."""
+        return self._confs[-2][1] if len(self._confs) > 1 else self._confs[-1][1]
+
+    def conf_at(self, index: int) -> Membership:
+        """The configuration in effect at `index` (snapshot_index <= index)."""
+        if index < self.snapshot_index:
+            raise IndexError(f"the configuration at {index} is compacted (snapshot at {self.snapshot_index})")
+        k = bisect.bisect_right(self._confs, index, key=lambda c: c[0]) - 1
+        return self._confs[k][1]
+
+    def pending_confs(self) -> int:
+        """How many CONF entries are past the commit index."""
+        return sum(1 for index, _ in self._confs if index > self.committed)
+
+    def _note_confs(self, entries: Sequence[Entry]) -> None:
+        confs = self._confs
+        for e in entries:
+            if e.kind == _CONF:
+                confs.append((e.index, decode_conf_entry(e.data).membership))
 
     # -- reading ---------------------------------------------------------
     def slice(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
@@ -119,6 +182,10 @@ class RaftLog:
         del self.entries[first - self.snapshot_index - 1 :]
         self.entries.extend(entries)
         self.stable = min(self.stable, first - 1)
+        confs = self._confs
+        while confs[-1][0] >= first:  # a truncated CONF entry: back to the one before it
+            confs.pop()  # (never the base: first > committed >= snapshot_index)
+        self._note_confs(entries)
 
     def maybe_append(self, prev_index: int, prev_term: int, committed: int, entries: Sequence[Entry]) -> int | None:
         """The follower's AppendEntries consistency check and merge.
@@ -169,19 +236,24 @@ class RaftLog:
             return
         if index > self.applied:
             raise AssertionError(f"compact at {index} past applied {self.applied}")
+        base = self.conf_at(index)
+        self._base_recorded = self._base_recorded or any(0 < i <= index for i, _ in self._confs[1:])
         del self.entries[: index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
         # invariant: snapshot_index <= stable (the snapshot is durable before it is used)
         self.stable = max(self.stable, index)
+        self._confs = [(index, base)] + [c for c in self._confs if c[0] > index]
 
-    def restore(self, index: int, term: int) -> bool:
+    def restore(self, index: int, term: int, conf: Membership | None = None) -> bool:
         """Install a leader's snapshot covering the log up to (index, term).
 
         Raft paper, figure 13: when our entry at `index` has the snapshot's
         term, log matching says everything up to it agrees, so only that
         prefix goes and later entries stay; otherwise the whole log goes.
         Either way the snapshot's entries count as committed and applied (the
-        application restores its state machine from the snapshot).
+        application restores its state machine from the snapshot), and
+        `conf` (the snapshot's configuration; None: keep the latest one) is
+        the configuration at `index`.
 
         Returns:
             True when entries after `index` were kept.
@@ -190,10 +262,16 @@ class RaftLog:
         if index <= self.committed:
             raise AssertionError(f"restore at {index} is not past commit {self.committed}")
         keep = self.match_term(index, term)
+        if conf is None:
+            conf = self.conf_at(index) if keep else self.conf
+        else:
+            self._base_recorded = True
         if keep:
             del self.entries[: index - self.snapshot_index]
+            self._confs = [(index, conf)] + [c for c in self._confs if c[0] > index]
         else:
             self.entries = []
+            self._confs = [(index, conf)]
         self.snapshot_index, self.snapshot_term = index, term
         self.committed = self.applied = index
         self.stable = max(self.stable, index) if keep else index

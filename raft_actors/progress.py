@@ -77,21 +77,33 @@ class Progress:
     invariant: match < next
     """
 
-    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "_inflight", "_inflight_bytes",
-                 "max_msgs", "max_bytes", "snapshot")
+    __slots__ = ("match", "next", "state", "probe_sent", "recent_active", "last_heard", "_inflight",
+                 "_inflight_bytes", "max_msgs", "max_bytes", "snapshot")
 
     def __init__(self, next_index: int, max_msgs: int, max_bytes: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
+        # recent_active: heard from since the last CheckQuorum round (reset each round);
+        # last_heard: the leader's tick count when it last heard from it (-1: never).
         self.recent_active = False
+        self.last_heard = -1
         self._inflight: collections.deque[tuple[int, int]] = collections.deque()  # (last index, bytes)
         self._inflight_bytes = 0
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
         # invariant: snapshot is set exactly when state == SNAPSHOT (None: no data to send)
         self.snapshot: SnapshotTransfer | None = None
+
+    def heard(self, now: int) -> None:
+        """The follower answered (any response) at tick `now`."""
+        self.recent_active = True
+        self.last_heard = now
+
+    def responsive(self, now: int, window: int) -> bool:
+        """Heard from within the last `window` ticks."""
+        return self.last_heard >= 0 and now - self.last_heard <= window
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from raft_actors.membership import Membership
+
 # Replica ids are positive ints; 0 means "nobody" (no vote, no known leader).
 NONE = 0
 
@@ -18,7 +20,10 @@ class EntryKind(enum.IntEnum):
     """What a log entry carries. Values are part of the on-disk format."""
 
     NORMAL = 0  # application command batch (empty data: the leader's no-op)
-    CONF_CHANGE = 1  # membership change (seam for a later issue)
+    # A membership change: `raft_actors.membership.decode_conf_entry(data)`
+    # gives the change and the whole configuration after it.
+    CONF = 1
+    CONF_CHANGE = 1  # the same kind, by its older name
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +47,18 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
-    """The log position a snapshot covers (index 0 means: no snapshot)."""
+    """The log position a snapshot covers (index 0 means: no snapshot).
+
+    `conf` is the configuration in effect at `index` (the last CONF entry at
+    or before it): the log entries that said so are gone with the prefix, so
+    the snapshot carries it. None means unknown (a snapshot written before
+    membership changes existed); the core then assumes its initial
+    configuration (`Config.peers`).
+    """
 
     index: int = 0
     term: int = 0
+    conf: Membership | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +141,7 @@ class Message:
         snap_done: for SNAP, `snap_chunk` is the last piece; for SNAP_RESP,
             the follower installed the snapshot (or its commit index already
             covered it) and its log matches the leader's up to `index`.
+        snap_conf: for SNAP, the configuration at the snapshot's index.
 
     For SNAP and SNAP_RESP, `index` and `log_term` name the snapshot (the
     index and term of the last entry it covers). A SNAP_RESP with `reject`
@@ -148,6 +162,7 @@ class Message:
     snap_offset: int = 0
     snap_chunk: bytes = b""
     snap_done: bool = False
+    snap_conf: Membership | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +181,9 @@ class Ready:
 
     1. if `snapshot` is set (a leader's snapshot was installed), save it
        durably: `storage.save_snapshot(snapshot.meta, snapshot.data)`. This
-       comes before the entries: they continue the log after the snapshot;
+       comes before the entries: they continue the log after the snapshot.
+       `snapshot.meta.conf` is the configuration at its index (the
+       application's peers, until CONF entries after it say otherwise);
     2. persist `hard_state` (if not None) and `entries` (appending `entries`
        truncates any stored suffix from `entries[0].index` on) and fsync them;
     3. send `messages` (or send them first when `early_send` is set; it never
@@ -175,7 +192,11 @@ class Ready:
     4. if `snapshot` is set, restore the state machine from `snapshot.data`
        (it then reflects every entry up to `snapshot.meta.index`), before
        applying anything else;
-    5. apply `committed` (they follow the snapshot, if any);
+    5. apply `committed` (they follow the snapshot, if any). Entries of kind
+       `EntryKind.CONF` are membership changes: decode them with
+       `raft_actors.membership.decode_conf_entry` (the application uses
+       them to learn its peers; a replica that applies its own removal may
+       shut down);
     6. release `read_states` once applied reaches their index;
     7. call `advance(ready)`.
     """

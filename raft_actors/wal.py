@@ -7,7 +7,7 @@ Layout of ``data_dir``::
     wal/0000000000000001.seg   segments, named by the index of their first entry
     wal/0000000000052318.seg   (zero padded to 16 digits: name order is index order)
     hardstate                  term, vote, commit
-    snapmeta                   index and term of the snapshot covering the log's prefix
+    snapmeta                   index, term and configuration of the snapshot covering the log's prefix
     snapshot-0000000000052000.snap   the state machine snapshot (only the newest is kept)
 
 A segment is a 24-byte header (magic, format version, first index, CRC32C of the
@@ -15,11 +15,25 @@ header) followed by records. A record is, little-endian::
 
     crc32c u32 | data length u32 | term u64 | index u64 | kind u8 | data
 
-where the CRC covers everything after itself. The state files are one fixed
-struct each (magic, version, fields, CRC32C). A snapshot file is a 44-byte
-header, then the application's snapshot data::
+where the CRC covers everything after itself. ``hardstate`` is one fixed
+struct (magic, version, term, vote, commit, CRC32C). Segments and
+``hardstate`` are format version 1 (`FORMAT_VERSION`).
 
-    magic 8s | version u32 | index u64 | term u64 | data length u64 | data crc32c u32 | header crc32c u32
+The snapshot files are format version 2 (`SNAPSHOT_FORMAT_VERSION`), which
+adds the configuration (voters and learners) at the snapshot's index, in the
+encoding of `raft_actors.membership.Membership.encode`; a conf length of 0
+means "not recorded". ``snapmeta``::
+
+    magic 8s | version u32 | index u64 | term u64 | conf length u32 | conf | crc32c u32
+
+and a snapshot file is a header, then the application's snapshot data::
+
+    magic 8s | version u32 | index u64 | term u64 | data length u64 | data crc32c u32
+        | conf length u32 | conf | header crc32c u32 | data
+
+Version 1 of both (the same without the conf length and conf: a 28-byte
+``snapmeta``, a 44-byte snapshot header) is still read, as "configuration
+not recorded"; only version 2 is written.
 
 Nothing read from disk is unpickled.
 
@@ -72,14 +86,16 @@ import crc32c
 import structlog
 
 from kv.errors import CorruptLog, StorageError
+from raft_actors.membership import Membership
 from raft_actors.storage import tail_after_snapshot
 from raft_actors.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
-__all__ = ["FileStorage", "FORMAT_VERSION"]
+__all__ = ["FileStorage", "FORMAT_VERSION", "SNAPSHOT_FORMAT_VERSION"]
 
 log = structlog.get_logger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # segments and hardstate
+SNAPSHOT_FORMAT_VERSION = 2  # snapmeta and snapshot files (1 is still read)
 _SEG_MAGIC = b"RKVWAL\x00\x00"
 _HS_MAGIC = b"RKVHARD\x00"
 _SNAP_MAGIC = b"RKVSNAP\x00"
@@ -89,10 +105,10 @@ _REC_BODY = struct.Struct("<IQQB")  # data length, term, index, kind
 _REC_HEADER = struct.Struct("<IIQQB")  # crc, then the body's fixed part
 _REC_HEADER_SIZE = _REC_HEADER.size
 _HS = struct.Struct("<8sIQQQ")  # magic, version, term, vote, commit; then u32 crc
-_SNAP = struct.Struct("<8sIQQ")  # magic, version, index, term; then u32 crc
+_SNAP = struct.Struct("<8sIQQ")  # magic, version, index, term; then (v2) u32 conf length, conf; then u32 crc
 _SNAPFILE_MAGIC = b"RKVSNAPD"
-_SNAPFILE = struct.Struct("<8sIQQQI")  # magic, version, index, term, data length, data crc; then u32 header crc
-_SNAPFILE_HEADER_SIZE = _SNAPFILE.size + 4
+_SNAPFILE = struct.Struct("<8sIQQQI")  # magic, version, index, term, data length, data crc; then (v2) conf; u32 crc
+_SNAPFILE_HEADER_SIZE_V1 = _SNAPFILE.size + 4
 _SNAPFILE_NAME = re.compile(r"^snapshot-(\d{16})\.snap$")
 _U32 = struct.Struct("<I")
 _SEG_NAME = re.compile(r"^(\d{16})\.seg$")
@@ -150,7 +166,7 @@ class FileStorage:
         self._covered: list[Path] = []  # segments found wholly below the snapshot
         self._snap = self._snap_durable = SnapshotMeta()
         self._snap_file = 0  # index of the snapshot file whose data goes with _snap (0: none)
-        self._prepared: tuple[int, int, int] | None = None  # (index, term, size) written by prepare_snapshot
+        self._prepared: tuple[SnapshotMeta, int] | None = None  # (meta, size) written by prepare_snapshot
         self._hs = self._hs_durable = HardState()
         self._last = 0  # invariant: _last == max(_snap.index, last entry index)
         self._dirty = False  # the last segment has writes not yet fdatasync'ed
@@ -186,13 +202,14 @@ class FileStorage:
                 _fsync_dir(self.data_dir.parent)  # and every segment with them
             self._lock()
             hs_fields = self._read_state(self.data_dir / "hardstate", _HS, _HS_MAGIC)
-            snap_fields = self._read_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC)
             hard_state = HardState(*hs_fields) if hs_fields else HardState()
-            snapshot = snap_durable = SnapshotMeta(*snap_fields) if snap_fields else SnapshotMeta()
+            snapshot = snap_durable = _read_snapmeta(self.data_dir / "snapmeta")
             snap_files, temps = self._snapshot_files()
             data: bytes | None = None
             if snap_files and snap_files[-1][0] >= snapshot.index:
                 file_meta, data = _read_snapshot_file(snap_files[-1][1], snap_files[-1][0])
+                if file_meta.index == snapshot.index and snapshot.conf is None:
+                    snapshot = file_meta  # (a version 1 snapmeta beside a version 2 file)
             segs, covered, entries, repair = self._scan(snapshot)
             discard = False
             if data is not None and file_meta.index > snapshot.index:
@@ -339,7 +356,7 @@ class FileStorage:
         if snapshot.index <= self._snap.index:
             return
         try:
-            _SNAP.pack(_SNAP_MAGIC, FORMAT_VERSION, snapshot.index, snapshot.term)
+            _pack_snapmeta(snapshot)
         except struct.error as exc:
             raise ValueError(f"snapshot {snapshot} cannot be stored: {exc}") from None
         self._snap = snapshot
@@ -367,7 +384,7 @@ class FileStorage:
         if meta.index <= 0:
             raise ValueError(f"a snapshot covers at least entry 1, got {meta}")
         try:
-            _SNAPFILE.pack(_SNAPFILE_MAGIC, FORMAT_VERSION, meta.index, meta.term, len(data), 0)
+            _snapshot_header(meta, len(data), 0)
         except struct.error as exc:
             raise ValueError(f"snapshot {meta} cannot be stored: {exc}") from None
         if meta.index < self._snap.index or (meta.index == self._snap.index and self._snap_file == meta.index):
@@ -378,7 +395,7 @@ class FileStorage:
             raise ValueError(f"snapshot {meta} disagrees with the log, whose entries up to {commit} "
                              "are committed: refusing to discard them")
         try:
-            if self._prepared != (meta.index, meta.term, len(data)):
+            if self._prepared != (meta, len(data)):
                 self._write_snapshot_file(meta, data)  # from here on, this is the snapshot
             self._prepared = None
             if keep:
@@ -407,10 +424,13 @@ class FileStorage:
         snapshot without holding up its log. The caller must only prepare a
         snapshot of committed state whose (index, term) is in this log: a
         crash between prepare and save leaves a file that `load()` finishes
-        saving, as it does for a save cut short.
+        saving, as it does for a save cut short. `meta` should carry the
+        configuration at its index (`RaftCore.snapshot_meta(index)`): the
+        file records it, and a `save_snapshot` with another meta (e.g. one
+        without the configuration) writes the file again.
         """
         self._write_snapshot_file(meta, data)
-        self._prepared = (meta.index, meta.term, len(data))
+        self._prepared = (meta, len(data))
 
     def close(self) -> None:
         """Release files and the directory lock. Unsynced work may be lost; call
@@ -571,7 +591,8 @@ class FileStorage:
 
     def _write_snapmeta(self, snap: SnapshotMeta | None = None) -> None:
         snap = snap or self._snap
-        self._write_state(self.data_dir / "snapmeta", _SNAP, _SNAP_MAGIC, snap.index, snap.term)
+        raw = _pack_snapmeta(snap)
+        self._write_atomic(self.data_dir / "snapmeta", raw + _U32.pack(crc32c.crc32c(raw)))
         self._snap_durable = snap
 
     def _snapshot_files(self) -> tuple[list[tuple[int, Path]], list[Path]]:
@@ -623,7 +644,7 @@ class FileStorage:
 
     def _write_snapshot_file(self, meta: SnapshotMeta, data: bytes) -> None:
         """Atomically write the snapshot file: temp file, fsync, rename, fsync the directory."""
-        header = _SNAPFILE.pack(_SNAPFILE_MAGIC, FORMAT_VERSION, meta.index, meta.term, len(data), crc32c.crc32c(data))
+        header = _snapshot_header(meta, len(data), crc32c.crc32c(data))
         header += _U32.pack(crc32c.crc32c(header))
         path = self.data_dir / f"snapshot-{meta.index:016d}.snap"
         tmp = path.with_name(path.name + ".tmp")
@@ -646,9 +667,12 @@ class FileStorage:
             _fsync_dir(self.data_dir)
 
     def _write_state(self, path: Path, layout: struct.Struct, magic: bytes, *fields: int) -> None:
-        """Atomically replace a state file: write a temp file, fsync, rename, fsync the directory."""
+        """Atomically replace a fixed-layout state file."""
         raw = layout.pack(magic, FORMAT_VERSION, *fields)
-        raw += _U32.pack(crc32c.crc32c(raw))
+        self._write_atomic(path, raw + _U32.pack(crc32c.crc32c(raw)))
+
+    def _write_atomic(self, path: Path, raw: bytes) -> None:
+        """Atomically replace a file: write a temp file, fsync, rename, fsync the directory."""
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -673,32 +697,100 @@ class FileStorage:
         raise StorageError(f"WAL {op} failed in {self.wal_dir}: {exc}; call load() to recover") from exc
 
 
-def _read_snapshot_file(path: Path, name_index: int) -> tuple[SnapshotMeta, bytes]:
-    """Read and check a snapshot file; return its position and data."""
-    raw = path.read_bytes()
-    if len(raw) < _SNAPFILE_HEADER_SIZE or raw[:8] != _SNAPFILE_MAGIC:
-        raise CorruptLog(f"{path} is not a raftkv snapshot file (too short, or bad magic); {_RESTORE}", str(path), 0)
-    (version,) = _U32.unpack_from(raw, 8)
-    if version != FORMAT_VERSION:
+def _encode_conf(conf: Membership | None) -> bytes:
+    """u32 length, then the membership encoding (length 0: not recorded)."""
+    raw = conf.encode() if conf is not None else b""
+    return _U32.pack(len(raw)) + raw
+
+
+def _decode_conf(raw: bytes, pos: int, path: Path) -> tuple[Membership | None, int]:
+    """The conf block at `pos` of a (checksummed) header; returns it and the offset after it."""
+    if pos + 4 > len(raw):
+        raise CorruptLog(f"{path} is too short for its configuration; {_RESTORE}", str(path), pos)
+    (n,) = _U32.unpack_from(raw, pos)
+    end = pos + 4 + n
+    if end > len(raw):
+        raise CorruptLog(f"{path} is too short for its configuration; {_RESTORE}", str(path), pos)
+    if n == 0:
+        return None, end
+    try:
+        return Membership.decode(raw[pos + 4 : end]), end
+    except ValueError as exc:
+        raise CorruptLog(f"{path} has a bad configuration ({exc}); {_RESTORE}", str(path), pos) from None
+
+
+def _pack_snapmeta(snap: SnapshotMeta) -> bytes:
+    """snapmeta without its trailing CRC (version 2)."""
+    return _SNAP.pack(_SNAP_MAGIC, SNAPSHOT_FORMAT_VERSION, snap.index, snap.term) + _encode_conf(snap.conf)
+
+
+def _snapshot_header(meta: SnapshotMeta, length: int, checksum: int) -> bytes:
+    """A snapshot file's header without its trailing CRC (version 2)."""
+    fixed = _SNAPFILE.pack(_SNAPFILE_MAGIC, SNAPSHOT_FORMAT_VERSION, meta.index, meta.term, length, checksum)
+    return fixed + _encode_conf(meta.conf)
+
+
+def _check_snapshot_version(path: Path, version: int) -> None:
+    if version not in (1, SNAPSHOT_FORMAT_VERSION):
         raise CorruptLog(
-            f"{path} has snapshot format version {version}, this raftkv reads version {FORMAT_VERSION}: "
-            "run a raftkv release that supports it",
+            f"{path} has snapshot format version {version}, this raftkv reads versions 1 and "
+            f"{SNAPSHOT_FORMAT_VERSION}: run a raftkv release that supports it",
             str(path),
             0,
         )
-    if crc32c.crc32c(raw[: _SNAPFILE.size]) != _U32.unpack_from(raw, _SNAPFILE.size)[0]:
+
+
+def _read_snapmeta(path: Path) -> SnapshotMeta:
+    """The snapshot position file (version 1 or 2); SnapshotMeta() if there is none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return SnapshotMeta()
+    if len(raw) < 12 or raw[:8] != _SNAP_MAGIC:
+        raise CorruptLog(f"{path} is not a raftkv state file (too short, or bad magic); {_RESTORE}", str(path), 0)
+    (version,) = _U32.unpack_from(raw, 8)
+    _check_snapshot_version(path, version)
+    if len(raw) < _SNAP.size + 4 or crc32c.crc32c(raw[:-4]) != _U32.unpack_from(raw, len(raw) - 4)[0]:
+        raise CorruptLog(f"{path} fails its checksum; {_RESTORE}", str(path), 0)
+    _, _, index, term = _SNAP.unpack_from(raw)
+    conf, end = None, _SNAP.size
+    if version >= 2:
+        conf, end = _decode_conf(raw, _SNAP.size, path)
+    if end != len(raw) - 4:
+        raise CorruptLog(f"{path} has {len(raw) - 4 - end} bytes too many; {_RESTORE}", str(path), end)
+    return SnapshotMeta(index, term, conf)
+
+
+def _read_snapshot_file(path: Path, name_index: int) -> tuple[SnapshotMeta, bytes]:
+    """Read and check a snapshot file (version 1 or 2); return its meta and data."""
+    raw = path.read_bytes()
+    if len(raw) < _SNAPFILE_HEADER_SIZE_V1 or raw[:8] != _SNAPFILE_MAGIC:
+        raise CorruptLog(f"{path} is not a raftkv snapshot file (too short, or bad magic); {_RESTORE}", str(path), 0)
+    (version,) = _U32.unpack_from(raw, 8)
+    _check_snapshot_version(path, version)
+    conf, end = None, _SNAPFILE.size
+    if version >= 2:
+        # The conf length is checked against the file's size before its bytes
+        # are used, and the header CRC after them covers it.
+        conf_len = _U32.unpack_from(raw, _SNAPFILE.size)[0]
+        end = _SNAPFILE.size + 4 + conf_len
+        if end + 4 > len(raw):
+            raise CorruptLog(f"{path} has a header longer than the file; {_RESTORE}", str(path), 0)
+    if crc32c.crc32c(raw[:end]) != _U32.unpack_from(raw, end)[0]:
         raise CorruptLog(f"{path} has a header that fails its checksum; {_RESTORE}", str(path), 0)
+    if version >= 2:
+        conf, _ = _decode_conf(raw, _SNAPFILE.size, path)
     _, _, index, term, length, checksum = _SNAPFILE.unpack_from(raw)
     if index != name_index:
         raise CorruptLog(f"{path} header says it covers entry {index}, its name disagrees; {_RESTORE}", str(path), 0)
-    data = raw[_SNAPFILE_HEADER_SIZE:]
+    header_size = end + 4
+    data = raw[header_size:]
     if len(data) != length:
         raise CorruptLog(f"{path} holds {len(data)} bytes of data, its header says {length}; {_RESTORE}",
-                         str(path), _SNAPFILE_HEADER_SIZE)
+                         str(path), header_size)
     if crc32c.crc32c(data) != checksum:
-        raise CorruptLog(f"{path} has snapshot data that fails its checksum; {_RESTORE}", str(path),
-                         _SNAPFILE_HEADER_SIZE)
-    return SnapshotMeta(index, term), data
+        raise CorruptLog(f"{path} has snapshot data that fails its checksum; {_RESTORE}", str(path), header_size)
+    return SnapshotMeta(index, term, conf), data
 
 
 def _encode(entries: Sequence[Entry], first: int) -> list[bytes]:

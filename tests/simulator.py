@@ -20,6 +20,27 @@ election safety, log matching, leader completeness, state machine safety
 must be the one committed there); plus ReadIndex linearizability (a read point
 is never below a commit known to any replica when the read was asked for) and
 the cursor order snapshot <= applied <= committed <= last.
+
+Membership changes: `add_learner()` starts a brand-new replica (empty log,
+empty configuration: it waits to be contacted) and proposes it as a learner;
+`promote(i)` and `remove(i)` propose those changes; refused ones are counted.
+A replica that applies its own removal shuts down (is retired) as the
+application would. With membership, quorums are per configuration, and these
+are checked too:
+
+* at most one configuration change is uncommitted in any leader's log;
+* only voters campaign: every (pre-)vote request comes from a replica that
+  is a voter in its own configuration, or is being removed by a change it
+  does not know is committed (dissertation §4.2.2);
+* learners never vote in an election: a replica grants a (pre-)vote only to
+  a candidate whose configuration lists it as a voter;
+* a new leader was granted votes by a quorum of its configuration's voters
+  and is a voter of it (or is being removed, as above, and steps down when
+  that commits);
+* learners never count toward commit: whenever a leader's commit index moves,
+  the entry there is durable on a quorum of the voters of its configuration;
+* snapshots and the applied state carry the configuration in effect at
+  their index.
 """
 
 from __future__ import annotations
@@ -30,10 +51,12 @@ import struct
 from dataclasses import dataclass, field
 
 from raft_actors.core import Config, RaftCore, Role
+from raft_actors.membership import ConfChange, ConfChangeRefused, ConfChangeType, Membership, decode_conf_entry
 from raft_actors.storage import MemoryStorage
-from raft_actors.types import Entry, Message, MessageType, SnapshotMeta
+from raft_actors.types import Entry, EntryKind, Message, MessageType, PersistedState, SnapshotMeta
 
 UNITS_PER_TICK = 10
+_VOTE_TYPES = frozenset((MessageType.VOTE, MessageType.PRE_VOTE, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP))
 _SM_RECORD = struct.Struct("<QQI")  # index, term, data length; then data
 
 
@@ -53,6 +76,10 @@ class SimNode:
     last_applied: int = 0
     checked_commit: int = 0
     installed: bool = False  # a snapshot was installed and no entry appended since
+    initial: tuple[int, ...] = ()  # Config.peers it starts with (() for a replica that joined later)
+    conf: Membership = Membership()  # the configuration its state machine applied last
+    retired: bool = False  # applied its own removal and shut down for good
+    retire_pending: bool = False
 
     @property
     def alive(self) -> bool:
@@ -89,8 +116,9 @@ class Simulator:
         self.compact = compact
         self.compact_tail = compact_tail
         self.config_overrides = config
-        self.peers = tuple(range(1, n + 1))
-        self.nodes = {i: SimNode(i, MemoryStorage()) for i in self.peers}
+        first = tuple(range(1, n + 1))
+        self.initial = Membership(first)
+        self.nodes = {i: SimNode(i, MemoryStorage(), initial=first) for i in first}
         self.now = 0
         self._queue: list[tuple[int, int, Message]] = []
         self._seq = 0
@@ -108,21 +136,43 @@ class Simulator:
                       "compactions": 0, "snap_chunks": 0, "snap_chunks_lost": 0, "snap_nacks": 0,
                       "snap_installs": 0, "snap_kept_tail": 0, "snap_appends_after": 0,
                       "snap_cut_by_new_term": 0, "snap_cut_by_crash": 0, "snap_restarts_loaded": 0,
-                      "snap_replaced_log": 0}
+                      "snap_replaced_log": 0,
+                      "conf_proposed": 0, "conf_refused": 0, "conf_committed": 0, "conf_reverted": 0,
+                      "learners_added": 0, "promotions": 0, "removals": 0, "leader_removals": 0, "retired": 0,
+                      "learner_snap_installs": 0, "learner_votes": 0, "leader_being_removed": 0}
+        self.refusals: dict[str, int] = {}  # reason -> count
+        self.last_refusal: ConfChangeRefused | None = None
+        # Membership bookkeeping (all from what the replicas sent, persisted or committed):
+        self.conf_entries: dict[tuple[int, int], Membership] = {}  # (index, term) of a CONF entry -> its conf
+        self.conf_commits: dict[int, tuple[ConfChange, Membership]] = {}  # committed CONF entries by index
+        self.removed: set[int] = set()  # ids whose removal is committed
+        self.vote_asks: dict[tuple[int, int, int], set[int]] = {}  # (request type, term, candidate) -> voters asked
+        self.granted: dict[tuple[int, int], set[int]] = {}  # (term, candidate) -> who granted a real vote
         self._restart_counter = 0
-        for i in self.peers:
+        self._peers: tuple[int, ...] | None = None  # cache of `peers`
+        for i in first:
             self.restart(i)
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        """Every replica that exists and has not been retired."""
+        if self._peers is None:
+            self._peers = tuple(i for i, nd in self.nodes.items() if not nd.retired)
+        return self._peers
 
     # -- lifecycle -------------------------------------------------------
     def restart(self, i: int) -> None:
         node = self.nodes[i]
+        if node.retired:
+            raise AssertionError(f"replica {i} was removed and shut down; it does not come back")
         self._restart_counter += 1
-        cfg = Config(id=i, peers=self.peers, **self.config_overrides)  # type: ignore[arg-type]
+        cfg = Config(id=i, peers=node.initial, **self.config_overrides)  # type: ignore[arg-type]
         rng = random.Random(self.seed * 1_000_003 + self._restart_counter * 7919 + i)
         persisted = node.storage.load()
         node.core = RaftCore(cfg, persisted, rng)
         # The state machine is rebuilt from the snapshot, then the log.
         node.applied, node.applied_terms, node.last_applied = {}, {}, 0
+        node.conf = Membership(node.initial)
         node.installed = False
         if persisted.snapshot.index:
             if persisted.snapshot_data is None:
@@ -161,8 +211,9 @@ class Simulator:
         """Nodes in different groups cannot reach each other (both ways)."""
         self.blocked = set()
         where = {n: g for g, members in enumerate(groups) for n in members}
-        for a in self.peers:
-            for b in self.peers:
+        ids = self.peers
+        for a in ids:
+            for b in ids:
                 if a != b and where.get(a, -1) != where.get(b, -2):
                     self.blocked.add((a, b))
         self.stats["partitions"] += 1
@@ -180,6 +231,8 @@ class Simulator:
     def _send(self, m: Message) -> None:
         if self.record:
             self.sent.append(m)
+        if m.type in _VOTE_TYPES:
+            self._check_vote_message(m)
         if m.type == MessageType.SNAP:
             self.stats["snap_chunks"] += 1
         elif m.type == MessageType.SNAP_RESP and m.reject:
@@ -210,6 +263,8 @@ class Simulator:
         for e in rd.entries:
             prev = core.log.term(e.index - 1)
             self._check_entry(e, prev if prev is not None else -1)
+            if e.kind == EntryKind.CONF:
+                self.conf_entries[(e.index, e.term)] = decode_conf_entry(e.data).membership
         if rd.early_send:
             for m in rd.messages:
                 self._send(m)
@@ -230,6 +285,8 @@ class Simulator:
             self._restore(node, rd.snapshot.meta, rd.snapshot.data)
             self._check_snapshot(node)
             self.stats["snap_installs"] += 1
+            if not core.log.conf.is_voter(node.id):
+                self.stats["learner_snap_installs"] += 1
             if core.log.last_index > rd.snapshot.meta.index:
                 self.stats["snap_kept_tail"] += 1
             node.installed = True
@@ -242,7 +299,13 @@ class Simulator:
             self._check_read(rs.index, rs.context, node)
         if rd.soft_state is not None and rd.soft_state[1] == Role.LEADER:
             self._check_new_leader(core)
+        was_leader, before, conf = core.role == Role.LEADER, core.log.committed, core.log.conf
         core.advance(rd)
+        if was_leader and core.log.committed > before:
+            self._check_commit_quorum(core, conf)
+        if node.retire_pending:
+            self._retire(node)
+            return True
         if self.compact and core.log.applied > core.log.snapshot_index and self.rng.random() < self.compact:
             lg = core.log
             self.compact_now(node.id, max(lg.snapshot_index + 1, lg.applied - self.rng.randint(0, self.compact_tail)))
@@ -265,21 +328,37 @@ class Simulator:
     def _restore(self, node: SimNode, meta: SnapshotMeta, data: bytes) -> None:
         """Replace a replica's state machine by a snapshot's, checking it against what was committed."""
         applied, terms = decode_state(data)
+        # The snapshot's configuration is the one in effect at its index: that of
+        # the last CONF entry it covers, or the initial one.
+        conf = self.initial
+        for idx in range(meta.index, 0, -1) if self.conf_entries else ():
+            found = self.conf_entries.get((idx, terms.get(idx, -1)))
+            if found is not None:
+                conf = found
+                break
+        if meta.conf != conf:
+            raise InvariantViolation(f"replica {node.id}: snapshot {meta.index} records configuration {meta.conf}, "
+                                     f"its state says {conf}")
+        node.conf = conf
         if len(applied) != meta.index or (applied and max(applied) != meta.index):
             raise InvariantViolation(f"replica {node.id}: snapshot {meta} holds indexes {sorted(applied)[:3]}...")
         if terms.get(meta.index, 0) != meta.term:
             raise InvariantViolation(f"replica {node.id}: snapshot {meta} ends in term {terms.get(meta.index)}")
         for idx, data_at in applied.items():
-            seen = self.committed.setdefault(idx, (terms[idx], data_at))
-            if seen != (terms[idx], data_at):
+            got = (terms[idx], data_at)
+            seen = self.committed.setdefault(idx, got)
+            if seen != got:
                 raise InvariantViolation(f"state machine safety: replica {node.id} restored "
                                          f"{(terms[idx], data_at)!r} at {idx} from {meta}, committed {seen!r}")
+            if seen is got and (idx, got[0]) in self.conf_entries:
+                self._conf_committed(idx, data_at)
         node.applied, node.applied_terms, node.last_applied = applied, terms, meta.index
 
     def process_all(self) -> None:
+        ids = self.peers
         for _ in range(4):  # a Ready can beget another (e.g. a single-node commit)
             busy = False
-            for i in self.peers:
+            for i in ids:
                 busy = self.process(i) or busy
             if not busy:
                 return
@@ -297,9 +376,16 @@ class Simulator:
                 if m.type == MessageType.SNAP:
                     self.stats["snap_chunks_lost"] += 1
                 continue  # a partition also loses what was in flight
-            partial = node.core._incoming
-            had_term = node.core.log.term(m.index) if m.type == MessageType.SNAP and m.snap_done else None
-            node.core.step(m)
+            core = node.core
+            partial = core._incoming
+            had_term = core.log.term(m.index) if m.type == MessageType.SNAP and m.snap_done else None
+            was_leader, before, conf = core.role == Role.LEADER, core.log.committed, core.log.conf
+            top = core.log._confs[-1] if m.type in (MessageType.APP, MessageType.SNAP) else None
+            core.step(m)
+            if was_leader and core.log.committed > before:
+                self._check_commit_quorum(core, conf)
+            if top is not None and top[0] > core.log.snapshot_index and top not in core.log._confs:
+                self.stats["conf_reverted"] += 1  # an uncommitted CONF entry was truncated
             if partial is not None and node.core.term > partial.key[0]:
                 self.stats["snap_cut_by_new_term"] += 1  # a transfer cut short by a new leader's term
             if had_term not in (None, m.log_term) and node.core.log.snapshot_index == m.index:
@@ -308,9 +394,9 @@ class Simulator:
             self.process(m.dst)
             self.check()
         if self.now % UNITS_PER_TICK == 0:
-            for i in self.peers:
-                if self.nodes[i].core is not None:
-                    self.nodes[i].core.tick()
+            for node in self.nodes.values():
+                if node.core is not None:
+                    node.core.tick()
         self.process_all()
         self.check()
 
@@ -362,6 +448,75 @@ class Simulator:
         self.process(to)
         return index
 
+    def conf_change(self, change: ConfChange, to: int | None = None) -> int | None:
+        """Propose a membership change to `to` (default: the leader). Returns its
+        index, or None when refused (`last_refusal` says why) or nobody leads."""
+        to = to or self.leader()
+        node = self.nodes.get(to)
+        if node is None or node.core is None:
+            return None
+        core = node.core
+        self.stats["conf_proposed"] += 1
+        try:
+            index = core.propose_conf_change(change)
+        except ConfChangeRefused as exc:
+            self.last_refusal = exc
+            self.stats["conf_refused"] += 1
+            self.refusals[exc.reason] = self.refusals.get(exc.reason, 0) + 1
+            return None
+        if core.log.pending_confs() > 1:
+            raise InvariantViolation(f"leader {to} appended a second uncommitted configuration change")
+        kind = {ConfChangeType.ADD_LEARNER: "learners_added", ConfChangeType.PROMOTE: "promotions",
+                ConfChangeType.REMOVE: "removals"}[change.type]
+        self.stats[kind] += 1
+        if change.type == ConfChangeType.REMOVE and change.node_id == to:
+            self.stats["leader_removals"] += 1
+        self.process(to)
+        return index
+
+    def new_node(self) -> int:
+        """Start a brand-new replica: empty log, empty configuration (it knows no
+        voters, so it never campaigns); it waits for a leader to add it."""
+        i = max(self.nodes) + 1
+        self.nodes[i] = SimNode(i, MemoryStorage(), initial=())
+        self._peers = None
+        self.restart(i)
+        return i
+
+    def add_learner(self, to: int | None = None, i: int | None = None) -> int | None:
+        """Propose replica `i` (default: a new one, started now) as a learner.
+        Returns its id, or None when the change was refused (a replica started
+        here is then discarded)."""
+        started = i is None
+        i = self.new_node() if i is None else i
+        if self.conf_change(ConfChange.add_learner(i), to) is None:
+            if started:
+                del self.nodes[i]  # nobody was told about it
+                self._peers = None
+            return None
+        return i
+
+    def promote(self, i: int, to: int | None = None) -> int | None:
+        return self.conf_change(ConfChange.promote(i), to)
+
+    def remove(self, i: int, to: int | None = None) -> int | None:
+        return self.conf_change(ConfChange.remove(i), to)
+
+    def committed_conf(self) -> Membership:
+        """The configuration of the last committed CONF entry (the initial one if none)."""
+        return self.conf_commits[max(self.conf_commits)][1] if self.conf_commits else self.initial
+
+    def members(self) -> set[int]:
+        return set(self.committed_conf().members)
+
+    def _retire(self, node: SimNode) -> None:
+        """The replica applied its own removal: its application shuts it down for good."""
+        node.core = None
+        node.retired = True
+        node.retire_pending = False
+        self._peers = None
+        self.stats["retired"] += 1
+
     def read(self, to: int | None = None) -> bytes | None:
         to = to or self.leader()
         node = self.nodes.get(to)
@@ -382,6 +537,9 @@ class Simulator:
                 prev = self.leaders.setdefault(core.term, i)
                 if prev != i:
                     raise InvariantViolation(f"election safety: term {core.term} has leaders {prev} and {i}")
+                if len(core.log._confs) > 1 and core.log.pending_confs() > 1:
+                    raise InvariantViolation(f"leader {i} term {core.term} has {core.log.pending_confs()} "
+                                             "uncommitted configuration changes in its log")
             lg = core.log
             first, applied, committed = lg.snapshot_index, lg.applied, lg.committed
             last = first + len(lg.entries)
@@ -401,7 +559,54 @@ class Simulator:
                     seen = self.committed.setdefault(idx, got)
                     if seen != got:
                         raise InvariantViolation(f"replica {i} committed {got!r} at {idx}, others {seen!r}")
+                    if seen is got and (idx, got[0]) in self.conf_entries:
+                        self._conf_committed(idx, got[1])
                 node.checked_commit = committed
+
+    def _conf_committed(self, index: int, data: bytes) -> None:
+        entry = decode_conf_entry(data)
+        self.conf_commits[index] = (entry.change, entry.membership)
+        self.stats["conf_committed"] += 1
+        if entry.change.type == ConfChangeType.REMOVE:
+            self.removed.add(entry.change.node_id)
+
+    def _check_vote_message(self, m: Message) -> None:
+        """Only voters campaign; a replica votes only where the candidate counts it as a voter."""
+        t = m.type
+        if t in (MessageType.VOTE, MessageType.PRE_VOTE):
+            lg = self.nodes[m.src].core.log
+            conf = lg.conf
+            being_removed = lg.conf_index > lg.committed and lg.prev_conf.is_voter(m.src)
+            if not conf.is_voter(m.src) and not being_removed:
+                raise InvariantViolation(f"replica {m.src} campaigns for term {m.term} but is not a voter of {conf}")
+            self.vote_asks.setdefault((t, m.term, m.src), set()).update(conf.voters)
+        elif not m.reject:
+            ask = MessageType.VOTE if t == MessageType.VOTE_RESP else MessageType.PRE_VOTE
+            asked = self.vote_asks.get((ask, m.term, m.dst), ())
+            if m.src not in asked:
+                raise InvariantViolation(f"replica {m.src} granted a {ask.name} to {m.dst} for term {m.term}, "
+                                         f"whose configuration does not count it as a voter (asked {asked})")
+            voter = self.nodes[m.src].core
+            if voter is not None and not voter.log.conf.is_voter(m.src):
+                self.stats["learner_votes"] += 1  # promoted in the candidate's log, not yet in its own
+            if t == MessageType.VOTE_RESP:
+                self.granted.setdefault((m.term, m.dst), set()).add(m.src)
+
+    def _check_commit_quorum(self, core: RaftCore, conf: Membership) -> None:
+        """A leader's new commit index is durable on a quorum of its configuration's voters."""
+        index = core.log.committed
+        term = core.log.term(index)
+        holders = []
+        for v in conf.voters:
+            durable = self.nodes[v].storage._durable if v in self.nodes else PersistedState()
+            snap = durable.snapshot
+            if index <= snap.index:
+                holders.append(v)  # a snapshot covers only committed entries
+            elif index - snap.index <= len(durable.entries) and durable.entries[index - snap.index - 1].term == term:
+                holders.append(v)
+        if len(holders) < conf.quorum:
+            raise InvariantViolation(f"leader {core.id} term {core.term} committed {index} held durably by "
+                                     f"only {holders} of voters {conf.voters} (quorum {conf.quorum})")
 
     def _check_snapshot(self, node: SimNode) -> None:
         """The snapshot a core holds sits exactly where its log starts, and the
@@ -435,9 +640,32 @@ class Simulator:
         node.applied[e.index] = e.data
         node.applied_terms[e.index] = e.term
         node.last_applied = e.index
+        if e.kind == EntryKind.CONF:
+            # The application learns its peers from committed changes; one that
+            # applies its own removal shuts down.
+            conf = decode_conf_entry(e.data).membership
+            if conf != node.core.log.conf_at(e.index):
+                raise InvariantViolation(f"replica {node.id} applies configuration {conf} at {e.index}, "
+                                         f"its log says {node.core.log.conf_at(e.index)}")
+            if node.id in node.conf.members and node.id not in conf.members:
+                node.retire_pending = True
+            node.conf = conf
 
     def _check_new_leader(self, core: RaftCore) -> None:
         self.stats["elections"] += 1
+        conf, lg = core.log.conf, core.log
+        # A leader is a voter of its configuration, or is being removed by a
+        # change it does not know is committed (and steps down once it is).
+        being_removed = (not conf.is_voter(core.id) and lg.conf_index > lg.committed
+                         and lg.prev_conf.is_voter(core.id))
+        if not conf.is_voter(core.id) and not being_removed:
+            raise InvariantViolation(f"replica {core.id} leads term {core.term} but is not a voter of {conf}")
+        if being_removed:
+            self.stats["leader_being_removed"] += 1
+        votes = (self.granted.get((core.term, core.id), set()) | {core.id}) & set(conf.voters)
+        if len(votes) < conf.quorum:
+            raise InvariantViolation(f"replica {core.id} leads term {core.term} with votes of {sorted(votes)} only, "
+                                     f"voters {conf.voters}")
         # Leader completeness: a new leader holds every committed entry.
         for idx, (term, data) in self.committed.items():
             if idx <= core.log.snapshot_index:
@@ -460,7 +688,7 @@ class Simulator:
         self.drop = 0.0
         self.crash_before_sync = 0.0
         for i, node in self.nodes.items():
-            if node.core is None:
+            if node.core is None and not node.retired:
                 self.restart(i)
         if not self.run_until(self.agreed_leader, max_ticks):
             raise InvariantViolation(f"liveness: no leader {max_ticks} ticks after healing")
@@ -473,7 +701,10 @@ class Simulator:
             if pending is not None:
                 index, term = pending
                 if self.committed.get(index) == (term, marker):
-                    if all(n.core and n.core.log.applied >= index for n in self.nodes.values()):
+                    # every member of the committed configuration applied it (a
+                    # removed replica that never heard of its removal may linger)
+                    members = self.members()
+                    if all(n.core and n.core.log.applied >= index for n in self.nodes.values() if n.id in members):
                         self.check_state_machines()
                         return
                 elif not ldr or self.nodes[ldr].core.term != term:
@@ -498,12 +729,14 @@ class Simulator:
                                              f"committed {self.committed.get(idx)!r}")
 
     def agreed_leader(self) -> int:
-        """The leader every live replica follows in one term, or 0."""
+        """The leader every live member of the committed configuration follows in one term, or 0."""
         ldr = self.leader()
         if not ldr:
             return 0
         term = self.nodes[ldr].core.term
-        ok = all(n.core is None or (n.core.lead == ldr and n.core.term == term) for n in self.nodes.values())
+        members = self.members()
+        ok = all(n.core is None or n.id not in members or (n.core.lead == ldr and n.core.term == term)
+                 for n in self.nodes.values())
         return ldr if ok else 0
 
 
@@ -526,17 +759,30 @@ def decode_state(data: bytes) -> tuple[dict[int, bytes], dict[int, int]]:
     return applied, terms
 
 
+MAX_CHURN_REPLICAS = 7  # live members at most, in membership churn
+CHURN_SEEDS = 0.3  # the fraction of random seeds with membership churn
+
+
 def random_run(seed: int, ticks: int = 120) -> Simulator:
-    """One randomized run: faults for `ticks`, then heal and require progress."""
+    """One randomized run: faults for `ticks`, then heal and require progress.
+
+    About `CHURN_SEEDS` of the seeds also change membership all along: add
+    learners (brand-new replicas), promote them (refused while they lag),
+    remove members (the leader too), while crashes and partitions go on.
+    """
     rng = random.Random(seed)
     n = rng.choice((3, 3, 5))
     drop, dup, max_delay = rng.choice((0.0, 0.02, 0.1)), rng.choice((0.0, 0.05)), rng.choice((2, 5, 15))
+    churn = random.Random(seed ^ 0x5EED).random() < CHURN_SEEDS  # (its own stream: other seeds run as before)
+    extra = {"promote_max_lag": rng.choice((0, 2, 10))} if churn else {}
+    if churn and n == 5:
+        n = rng.choice((1, 3, 5))  # single-voter starts too
     # Snapshots: most seeds compact, in small chunks with small windows.
     sim = Simulator(n, seed, drop=drop, dup=dup, max_delay=max_delay,
                     compact=rng.choice((0.0, 0.02, 0.05, 0.2)), compact_tail=rng.choice((0, 2, 8)),
                     snapshot_chunk_bytes=rng.choice((64, 256, 2048)),
                     max_inflight_snapshot_chunks=rng.choice((1, 2, 4)),
-                    snapshot_retry_ticks=rng.choice((0, 3)))
+                    snapshot_retry_ticks=rng.choice((0, 3)), **extra)
     sim.crash_before_sync = rng.choice((0.0, 0.01))
     for unit in range(ticks * UNITS_PER_TICK):
         r = sim.rng.random()
@@ -545,24 +791,27 @@ def random_run(seed: int, ticks: int = 120) -> Simulator:
             if alive:
                 sim.crash(sim.rng.choice(alive))
         elif r < 0.010:
-            dead = [i for i, nd in sim.nodes.items() if nd.core is None]
+            dead = [i for i, nd in sim.nodes.items() if nd.core is None and not nd.retired]
             if dead:
                 sim.restart(sim.rng.choice(dead))
         elif r < 0.013:
             ids = list(sim.peers)
-            sim.rng.shuffle(ids)
-            cut = sim.rng.randint(1, n - 1)
-            sim.partition(ids[:cut], ids[cut:])
+            if len(ids) > 1:
+                sim.rng.shuffle(ids)
+                cut = sim.rng.randint(1, len(ids) - 1)
+                sim.partition(ids[:cut], ids[cut:])
         elif r < 0.015 and sim.leader():
             sim.isolate(sim.leader())
         elif r < 0.017:
-            a, b = sim.rng.sample(sim.peers, 2)
-            sim.block(a, b)
+            if len(sim.peers) > 1:
+                a, b = sim.rng.sample(sim.peers, 2)
+                sim.block(a, b)
         elif r < 0.022:
             sim.heal()
         elif r < 0.024 and sim.leader():
             ldr = sim.leader()
-            target = sim.rng.choice([p for p in sim.peers if p != ldr])
+            others = [p for p in sim.core(ldr).membership.voters if p != ldr]
+            target = sim.rng.choice(others) if others else ldr
             try:
                 sim.nodes[ldr].core.transfer_leadership(target)
             except Exception:
@@ -571,9 +820,30 @@ def random_run(seed: int, ticks: int = 120) -> Simulator:
             sim.propose()
         elif r < 0.13:
             sim.read(sim.rng.choice(sim.peers))
+        elif churn and r < 0.145:
+            _churn(sim)
         sim.step_time()
     sim.stabilize()
     return sim
+
+
+def _churn(sim: Simulator) -> None:
+    """One random membership change, proposed to the current leader (if any)."""
+    ldr = sim.leader()
+    if not ldr:
+        return
+    conf = sim.core(ldr).membership
+    r = sim.rng.random()
+    if r < 0.35:
+        if len(conf.members) < MAX_CHURN_REPLICAS:
+            sim.add_learner(ldr)
+    elif r < 0.7:
+        if conf.learners:
+            sim.promote(sim.rng.choice(conf.learners), ldr)
+    else:
+        # any member: a voter, a learner, the leader itself (refused if it
+        # would lose quorum, or if it is the last voter)
+        sim.remove(sim.rng.choice(conf.members), ldr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from raft_actors.core import Config, RaftCore, Role
+from raft_actors.membership import Membership
 from raft_actors.progress import ProgressState
 from raft_actors.types import (
     Entry,
@@ -20,6 +21,7 @@ from raft_actors.types import (
 )
 
 PEERS = (1, 2, 3)
+CONF = Membership(PEERS)  # the configuration every snapshot here records
 
 
 def drain(core: RaftCore) -> list[Ready]:
@@ -50,7 +52,7 @@ def make_leader(entries: int = 10, compact_to: int = 8, data: bytes = b"01234567
     drain(core)
     assert core.log.applied == core.log.last_index == entries + 1
     if compact_to:
-        assert core.compact(compact_to, data) == SnapshotMeta(compact_to, 1)
+        assert core.compact(compact_to, data) == SnapshotMeta(compact_to, 1, CONF)
     return core
 
 
@@ -78,8 +80,8 @@ def ents(first: int, last: int, term: int = 1) -> list[Entry]:
 # -- compaction ------------------------------------------------------------------------
 def test_compact_drops_the_prefix_and_keeps_the_snapshot() -> None:
     core = make_leader(entries=10, compact_to=0)
-    assert core.compact(6, b"six") == SnapshotMeta(6, 1)
-    assert core.log.first_index == 7 and core.snapshot == Snapshot(SnapshotMeta(6, 1), b"six")
+    assert core.compact(6, b"six") == SnapshotMeta(6, 1, CONF)
+    assert core.log.first_index == 7 and core.snapshot == Snapshot(SnapshotMeta(6, 1, CONF), b"six")
     assert core.status()["snapshot_index"] == 6
     assert core.compact(6, b"again") is None and core.compact(3, b"older") is None
     with pytest.raises(ValueError, match="applied"):
@@ -93,7 +95,8 @@ def test_compact_drops_the_prefix_and_keeps_the_snapshot() -> None:
 def test_a_core_restarted_from_a_snapshot_knows_it_and_applies_after_it() -> None:
     persisted = PersistedState(HardState(3, 0, 12), SnapshotMeta(10, 2), tuple(ents(11, 14, term=3)), b"state@10")
     core = RaftCore(Config(id=2, peers=PEERS), persisted)
-    assert core.snapshot == Snapshot(SnapshotMeta(10, 2), b"state@10")
+    # (a snapshot saved without its configuration gets the initial one, Config.peers)
+    assert core.snapshot == Snapshot(SnapshotMeta(10, 2, CONF), b"state@10")
     assert (core.log.applied, core.log.committed) == (10, 12)
     rd = core.ready()
     assert rd.snapshot is None  # the driver restores from PersistedState.snapshot_data itself
@@ -186,7 +189,7 @@ def test_follower_assembles_chunks_and_replaces_a_log_that_disagrees() -> None:
     assert [r.snap_offset for r in resp[:-1]] == [5, 10, 15, 20, 25] and not any(r.reject for r in resp)
     assert resp[-1].snap_done and resp[-1].index == 9
     installed = [rd for rd in out if rd.snapshot is not None]
-    assert len(installed) == 1 and installed[0].snapshot == Snapshot(SnapshotMeta(9, 2), data)
+    assert len(installed) == 1 and installed[0].snapshot == Snapshot(SnapshotMeta(9, 2, CONF), data)
     rd = installed[0]
     assert rd.hard_state.commit == 9 and rd.entries == [] and rd.committed == [] and not rd.early_send
     lg = core.log
@@ -199,7 +202,7 @@ def test_follower_log_holding_the_snapshot_entry_keeps_what_follows() -> None:
     for m in chunks(b"state@6", 6, 1, size=4):
         core.step(m)
     rd = core.ready()
-    assert rd.snapshot.meta == SnapshotMeta(6, 1)
+    assert rd.snapshot.meta == SnapshotMeta(6, 1, CONF)
     assert (core.log.snapshot_index, core.log.last_index, core.log.applied) == (6, 10, 6)
     assert core.log.entries == ents(7, 10)
 
@@ -209,7 +212,7 @@ def test_follower_log_that_disagrees_at_the_snapshot_entry_is_replaced_whole() -
     for m in chunks(b"state@6", 6, 2, size=4):
         core.step(m)
     rd = core.ready()
-    assert rd.snapshot.meta == SnapshotMeta(6, 2)
+    assert rd.snapshot.meta == SnapshotMeta(6, 2, CONF)
     assert (core.log.snapshot_index, core.log.last_index, core.log.entries) == (6, 6, [])
     assert core.log.is_up_to_date(6, 2) and not core.log.is_up_to_date(10, 1)
 
@@ -257,7 +260,7 @@ def test_chunks_of_a_replaced_snapshot_or_an_old_leader_are_not_mixed_in() -> No
     core.step(fresh[1])
     core.step(fresh[2])
     out = drain(core)
-    assert [rd.snapshot for rd in out if rd.snapshot] == [Snapshot(SnapshotMeta(11, 3), b"FRESHDATA")]
+    assert [rd.snapshot for rd in out if rd.snapshot] == [Snapshot(SnapshotMeta(11, 3, CONF), b"FRESHDATA")]
     assert core.term == 3 and core.lead == 1
 
 

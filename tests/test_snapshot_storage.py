@@ -12,11 +12,12 @@ import crc32c
 import pytest
 
 from kv.errors import CorruptLog
+from raft_actors.membership import Membership
 from raft_actors.storage import MemoryStorage
 from raft_actors.types import Entry, HardState, PersistedState, SnapshotMeta
 from raft_actors.wal import FileStorage
 
-SNAP_HEADER = 44
+SNAP_HEADER = 48  # version 2 header of a snapshot whose configuration is not recorded
 
 
 def ents(first: int, last: int, term: int = 1) -> list[Entry]:
@@ -66,13 +67,18 @@ def test_snapshot_roundtrip_keeps_the_tail(tmp_path: Path) -> None:
 
 def test_snapshot_file_format(tmp_path: Path) -> None:
     storage = with_log(tmp_path, ents(1, 5, term=3), commit=5)
-    storage.save_snapshot(SnapshotMeta(4, 3), b"state!")
+    conf = Membership((3, 1, 2), (7,))
+    storage.save_snapshot(SnapshotMeta(4, 3, conf), b"state!")
     storage.close()
     raw = snap_path(tmp_path, 4).read_bytes()
-    header = raw[: SNAP_HEADER - 4]
-    assert struct.unpack("<8sIQQQI", header) == (b"RKVSNAPD", 1, 4, 3, 6, crc32c.crc32c(b"state!"))
-    assert struct.unpack("<I", raw[SNAP_HEADER - 4 : SNAP_HEADER])[0] == crc32c.crc32c(header)
-    assert raw[SNAP_HEADER:] == b"state!"
+    # version 2: the fixed part, then the configuration at the snapshot's index
+    assert struct.unpack("<8sIQQQI", raw[:40]) == (b"RKVSNAPD", 2, 4, 3, 6, crc32c.crc32c(b"state!"))
+    (conf_len,) = struct.unpack("<I", raw[40:44])
+    assert raw[44 : 44 + conf_len] == struct.pack("<HHQQQQ", 3, 1, 1, 2, 3, 7)
+    end = 44 + conf_len
+    assert struct.unpack("<I", raw[end : end + 4])[0] == crc32c.crc32c(raw[:end])
+    assert raw[end + 4 :] == b"state!"
+    assert opened(tmp_path)[1].snapshot == SnapshotMeta(4, 3, conf)
 
 
 def test_only_the_newest_snapshot_file_is_kept(tmp_path: Path) -> None:
