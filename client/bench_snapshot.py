@@ -52,6 +52,19 @@ def _wait(pred, timeout: float = 600.0, every: float = 0.2) -> float:
     raise TimeoutError("condition not reached")
 
 
+def _snapshot_now(cluster: Any, i: int) -> None:
+    """Make replica i snapshot everything it has applied now, and wait for it."""
+    target = cluster.status()[i]["applied_index"]
+
+    def done() -> bool:
+        if cluster.status()[i].get("snapshot_index", 0) >= target:
+            return True
+        ray.get(cluster.handle(i).take_snapshot.remote())  # False while one is being written: ask again
+        return False
+
+    _wait(done, every=0.5)
+
+
 def run(keys: int = 1_000_000) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if not ray.is_initialized():
@@ -87,8 +100,7 @@ def run(keys: int = 1_000_000) -> dict:
 
             # One snapshot on every replica, measured.
             for i in range(3):
-                ray.get(cluster.handle(i).take_snapshot.remote())
-            _wait(lambda: all(s["stats"]["snapshots"] >= 1 for s in cluster.status()))
+                _snapshot_now(cluster, i)
             st = cluster.status()
             out["snapshot_bytes"] = max(s["stats"]["snapshot_bytes"] for s in st)
             out["snapshot_pause_ms"] = max(s["stats"]["snapshot_pause_ms"] for s in st)
@@ -108,9 +120,7 @@ def run(keys: int = 1_000_000) -> dict:
             cluster.kill_replica(follower)
             for i in range(50):
                 c.put(f"after/{i}", "x")
-            snaps = cluster.status()[leader]["stats"]["snapshots"]
-            ray.get(cluster.handle(leader).take_snapshot.remote())
-            _wait(lambda: cluster.status()[leader]["stats"]["snapshots"] > snaps)
+            _snapshot_now(cluster, leader)
             # The follower's log now ends before the leader's snapshot: it can
             # only catch up by installing the whole store, as a new member would.
             t0 = time.monotonic()

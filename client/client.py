@@ -121,6 +121,7 @@ class Client:
         try:
             self._call(self._discover())
         except BaseException:
+            self._closed = True
             self._stop_loop()
             raise
 
@@ -432,6 +433,8 @@ class Client:
                 self._loop.stop()
 
         on_loop = threading.current_thread() is self._thread
+        if not self._loop.is_running():  # never started, or already stopped: nothing is waiting
+            return
         done = asyncio.run_coroutine_threadsafe(fail_all(), self._loop)
         if not on_loop:
             try:

@@ -567,7 +567,7 @@ class RaftNode:
         if index <= self.core.log.snapshot_index:
             return
         started = time.perf_counter()
-        meta = SnapshotMeta(index, self.core.log.term(index))
+        meta = self.core.snapshot_meta(index)  # position and configuration
         build = self.sm.snapshot_source()
         pause_ms = (time.perf_counter() - started) * 1000
         self.stats["snapshot_pause_ms"] = round(pause_ms, 2)
