@@ -27,7 +27,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from typing import Any, Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
 import ray
 import structlog
@@ -62,6 +62,11 @@ from kv.validation import validate
 from raft_actors.backup import BackupInfo, write_backup
 from raft_actors.cluster import DEFAULT_NAMESPACE
 from raft_actors.node import actor_name
+
+if TYPE_CHECKING:  # imported lazily at run time (they import this module)
+    from client.election import Election
+    from client.lock import Lock
+    from client.watch import Watch, WatchHub
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kv.errors import LockNotHeld
-from kv.requests import Compare, DeleteRange, Put, Range, Txn
+from kv.requests import Compare, DeleteRange, Put
 from kv.responses import PutResponse, TxnResponse
 from client.leases import ttl_ms
 from client.recipes import arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn

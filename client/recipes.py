@@ -32,7 +32,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, TypeVar
 
 from kv.errors import InvalidRequest, LockNotHeld, LockTimeout
-from kv.requests import Compare, Put, Range, Txn, prefix_end
+from kv.requests import Compare, Put, Range, prefix_end
 
 if TYPE_CHECKING:
     from client.client import Client
