@@ -644,10 +644,12 @@ class RaftNode:
     def _apply(self, entries: list[Entry]) -> None:
         applied = 0
         for e in entries:
-            results: list = []
-            if e.kind == EntryKind.NORMAL and e.data:
-                results = self.sm.apply(e.index, e.term, e.data)
-                self._since_snapshot[1] += len(e.data)
+            # Every entry moves the state machine's applied index, no-ops and
+            # configuration entries included (they carry no commands): a
+            # snapshot then covers exactly what the core has applied.
+            data = e.data if e.kind == EntryKind.NORMAL else b""
+            results = self.sm.apply(e.index, e.term, data)
+            self._since_snapshot[1] += len(data)
             self._since_snapshot[0] += 1
             applied = e.index
             if self.sm.leases.events:
