@@ -117,10 +117,13 @@ def run(keys: int = 1_000_000) -> dict:
 
             leader = cluster.leader()  # may have moved meanwhile
             follower = next(i for i in range(3) if i != leader)
+            last_before = cluster.status()[follower]["last_index"]
             cluster.kill_replica(follower)
             for i in range(50):
                 c.put(f"after/{i}", "x")
             _snapshot_now(cluster, leader)
+            out["leader_snapshot_index"] = cluster.status()[leader]["snapshot_index"]
+            out["follower_last_index"] = last_before
             # The follower's log now ends before the leader's snapshot: it can
             # only catch up by installing the whole store, as a new member would.
             t0 = time.monotonic()
