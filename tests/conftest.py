@@ -53,3 +53,19 @@ def make_cluster(ray_session, tmp_path_factory):
             c.stop()
         except Exception:
             pass
+
+
+@pytest.fixture
+def cluster(make_cluster):
+    """A fresh 3-replica cluster for one test."""
+    return make_cluster(3)
+
+
+@pytest.fixture
+def c(cluster):
+    """A client of `cluster`, closed after the test."""
+    from client import connect
+
+    client = connect(cluster.name, timeout=20)
+    yield client
+    client.close()

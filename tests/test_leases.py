@@ -7,31 +7,12 @@ import time
 
 import pytest
 
-from client import InvalidRequest, LeaseNotFound, connect
+from client import InvalidRequest, LeaseNotFound
 from kv.errors import LeaseExists
 
+from tests.helpers import wait_for
+
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture
-def cluster(make_cluster):
-    return make_cluster(3)
-
-
-@pytest.fixture
-def c(cluster):
-    client = connect(cluster.name, timeout=20)
-    yield client
-    client.close()
-
-
-def wait_for(pred, timeout=20.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return pred()
 
 
 def test_lease_lifecycle_and_errors(c):

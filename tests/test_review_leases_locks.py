@@ -23,28 +23,9 @@ from client import (
     connect,
 )
 
+from tests.helpers import wait_for
+
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture
-def cluster(make_cluster):
-    return make_cluster(3)
-
-
-@pytest.fixture
-def c(cluster):
-    client = connect(cluster.name, timeout=20)
-    yield client
-    client.close()
-
-
-def wait_for(pred, timeout=10.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return pred()
 
 
 def in_thread(fn, timeout):

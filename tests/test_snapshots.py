@@ -5,25 +5,17 @@ InstallSnapshot."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from client import connect
 from raft_actors.node import NodeOptions
 
+from tests.helpers import wait_for
+
 pytestmark = pytest.mark.ray
 
 SMALL = NodeOptions(snapshot_entries=50)
-
-
-def wait_for(pred, timeout=30.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return pred()
 
 
 def _snapfiles(data_dir: str, replica: int) -> list[str]:
@@ -39,7 +31,7 @@ def test_log_is_compacted_and_restart_loads_snapshot_plus_tail(make_cluster, tmp
         for i in range(300):
             c.put(f"k/{i:04d}", str(i), lease=lease if i % 10 == 0 else 0)
         c.delete("k/0001")
-        assert wait_for(lambda: all(s["stats"]["snapshots"] >= 2 for s in cluster.status()))
+        assert wait_for(lambda: all(s["stats"]["snapshots"] >= 2 for s in cluster.status()), 30)
         for s in cluster.status():
             assert s["last_index"] - s["snapshot_index"] < 200  # the prefix is gone
             assert _snapfiles(data_dir, s["replica"])  # one snapshot file each
@@ -65,10 +57,10 @@ def test_lagging_follower_catches_up_by_install_snapshot(make_cluster):
         for i in range(400):
             c.put(f"x/{i}", "v" * 100)
         leader = cluster.leader()
-        assert wait_for(lambda: cluster.status()[leader]["snapshot_index"] > 100)
+        assert wait_for(lambda: cluster.status()[leader]["snapshot_index"] > 100, 30)
         cluster.restart_replica(follower)
         target = cluster.status()[leader]["commit_index"]
-        assert wait_for(lambda: (cluster.status()[follower]["applied_index"] or 0) >= target)
+        assert wait_for(lambda: (cluster.status()[follower]["applied_index"] or 0) >= target, 30)
         st = cluster.status()[follower]
         assert st["stats"]["snapshots_installed"] >= 1
         assert st["revision"] >= cluster.status()[leader]["revision"] - 5

@@ -18,6 +18,8 @@ from client import Compacted, connect
 from client.watch import WatchResponse
 from raft_actors import start_cluster
 
+from tests.helpers import wait_for
+
 pytestmark = pytest.mark.ray
 
 
@@ -49,15 +51,6 @@ def take(w, n, timeout=10.0):
     finally:
         timer.cancel()
     return got
-
-
-def wait_for(pred, timeout=10.0, every=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return pred()
 
 
 def test_put_and_delete_events(c):
