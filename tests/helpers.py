@@ -14,3 +14,21 @@ def wait_for(pred: Callable[[], object], timeout: float = 20.0, every: float = 0
             return True
         time.sleep(every)
     return bool(pred())
+
+
+def take_events(w, n: int, timeout: float = 10.0) -> list:
+    """The first n events of watch `w` (fewer if `timeout` passes first: the
+    watch is then cancelled, which ends the iteration)."""
+    import threading
+
+    got: list = []
+    timer = threading.Timer(timeout, w.cancel)
+    timer.start()
+    try:
+        for ev in w:
+            got.append(ev)
+            if len(got) >= n:
+                break
+    finally:
+        timer.cancel()
+    return got

@@ -23,7 +23,7 @@ from client import (
     connect,
 )
 
-from tests.helpers import wait_for
+from tests.helpers import take_events as _take, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -131,20 +131,6 @@ def test_issue_interface_async(c):
         assert await lease.arevoke() == 1
 
     asyncio.run(asyncio.wait_for(main(), 30))
-
-
-def _take(w, n, timeout=10.0):
-    got = []
-    timer = threading.Timer(timeout, w.cancel)
-    timer.start()
-    try:
-        for ev in w:
-            got.append(ev)
-            if len(got) >= n:
-                break
-    finally:
-        timer.cancel()
-    return got
 
 
 # -- every error case the issue names ---------------------------------------------------

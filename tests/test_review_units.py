@@ -21,7 +21,7 @@ from kv.validation import validate
 from raft_actors.leases import LeaseKeeper
 from tests.test_kv_helpers import Driver
 from tests.test_watch_hub import FakeClient as FakeWatchClient
-from tests.test_watch_hub import take
+from tests.helpers import take_events as take
 
 # -- leases: a leader change never expires a lease early ------------------------------
 

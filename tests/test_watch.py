@@ -18,7 +18,7 @@ from client import Compacted, connect
 from client.watch import WatchResponse
 from raft_actors import start_cluster
 
-from tests.helpers import wait_for
+from tests.helpers import take_events as take, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -36,21 +36,6 @@ def c(shared):
     client = connect(shared.name, timeout=20)
     yield client
     client.close()
-
-
-def take(w, n, timeout=10.0):
-    """The first n events of w (fewer if it times out: the watch is then cancelled)."""
-    got = []
-    timer = threading.Timer(timeout, w.cancel)
-    timer.start()
-    try:
-        for ev in w:
-            got.append(ev)
-            if len(got) >= n:
-                break
-    finally:
-        timer.cancel()
-    return got
 
 
 def test_put_and_delete_events(c):

@@ -18,6 +18,7 @@ from kv.limits import DEFAULT_LIMITS
 from kv.mvcc import MVCCStore
 from kv.responses import RangeResponse, ResponseHeader
 from raft_actors.watch import WatchServer
+from tests.helpers import take_events
 
 
 class FakeClient:
@@ -98,18 +99,8 @@ def env():
     client.close(hub)
 
 
-def take(w, n, timeout=5.0):
-    got = []
-    timer = threading.Timer(timeout, w.cancel)
-    timer.start()
-    try:
-        for ev in w:
-            got.append(ev)
-            if len(got) >= n:
-                break
-    finally:
-        timer.cancel()
-    return got
+def take(w, n):
+    return take_events(w, n, timeout=5.0)
 
 
 def test_events_in_order_with_str_keys(env):
