@@ -141,7 +141,7 @@ def _settle(fut: Any, loop: asyncio.AbstractEventLoop | None, outcome: Any) -> N
         pass
 
 
-_NOTHING = object()  # _next_event(block=False): nothing buffered
+_NOTHING = object()  # _take / _next_event with block=False: nothing buffered
 
 
 class Watch:
@@ -227,15 +227,11 @@ class Watch:
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:
-            with self._cond:
-                ready = bool(self._items) or self._cancelled or self._error is not None
-            if not ready:
-                await self._await_items()
-                continue
             ev = self._next_event(block=False)
             if ev is None:
                 return
             if ev is _NOTHING:
+                await self._await_items()
                 continue
             yield ev
 
@@ -276,9 +272,10 @@ class Watch:
 
     # --- consumer plumbing --------------------------------------------------------
 
-    def _take(self) -> WatchResponse | None:
-        """The next response (blocking); None once cancelled; raises the error
-        once the responses before it are taken."""
+    def _take(self, block: bool = True) -> Any:
+        """The next response; None once cancelled; raises the error once the
+        responses before it are taken. When nothing is buffered: waits if
+        `block`, else returns _NOTHING."""
         with self._cond:
             while True:
                 if self._cancelled:
@@ -291,7 +288,16 @@ class Watch:
                     return resp
                 if self._error is not None:
                     raise self._error
+                if not block:
+                    return _NOTHING
                 self._cond.wait()
+
+    async def _atake(self) -> WatchResponse | None:
+        while True:
+            resp = self._take(block=False)
+            if resp is not _NOTHING:
+                return resp
+            await self._await_items()
 
     def _next_event(self, block: bool) -> Any:
         """The next event, moving progress_revision along: holding the last
@@ -331,14 +337,10 @@ class Watch:
             if ev is not None:
                 return _as_str_event(ev) if self._str_keys else ev
             if done is None:
-                if not block:
-                    with self._cond:
-                        if self._error is not None and not self._items and not self._cancelled:
-                            raise self._error
-                    return _NOTHING
-                resp = self._take()  # nothing buffered: wait; None when cancelled, raises the error
-                if resp is None:
-                    return None
+                # Nothing buffered: wait (if block); None once cancelled; raises the error.
+                resp = self._take(block)
+                if resp is None or resp is _NOTHING:
+                    return resp
                 with self._cond:  # put it back at the head: handed out one event at a time above
                     self._items.appendleft(resp)
 
@@ -355,25 +357,6 @@ class Watch:
             with self._cond:
                 if fut in self._async_waiters:
                     self._async_waiters.remove(fut)
-
-    async def _atake(self) -> WatchResponse | None:
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._cond:
-                if self._cancelled:
-                    return None
-                if self._items:
-                    return self._items.popleft()
-                if self._error is not None:
-                    raise self._error
-                fut = loop.create_future()
-                self._async_waiters.append(fut)
-            try:
-                await fut
-            finally:
-                with self._cond:
-                    if fut in self._async_waiters:
-                        self._async_waiters.remove(fut)
 
     def _consumed(self, resp: WatchResponse) -> None:
         resume = False
