@@ -18,10 +18,11 @@ thread: keep them short).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import structlog
 
@@ -184,32 +185,33 @@ class Session:
 
     def close(self, revoke: bool = True) -> None:
         """Stop renewing and (by default) revoke the lease, deleting its keys. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._task.cancel()
-        if revoke and not self.lost:
-            try:
+        if self._stop_renewing(revoke):
+            with self._revoke_errors():
                 self.lease.revoke()
-            except (LeaseNotFound, ClientClosed):
-                pass
-            except RaftKVError as exc:  # unreachable cluster: the TTL will end it
-                log.warning("session.revoke_failed", lease=self.id, error=str(exc))
         self._mark_lost("closed")
 
     async def aclose(self, revoke: bool = True) -> None:
+        if self._stop_renewing(revoke):
+            with self._revoke_errors():
+                await self.lease.arevoke()
+        self._mark_lost("closed")
+
+    def _stop_renewing(self, revoke: bool) -> bool:
+        """Stop the keep-alive (first call only); True if the lease should be revoked now."""
         if self._closed:
-            return
+            return False
         self._closed = True
         self._task.cancel()
-        if revoke and not self.lost:
-            try:
-                await self.lease.arevoke()
-            except (LeaseNotFound, ClientClosed):
-                pass
-            except RaftKVError as exc:
-                log.warning("session.revoke_failed", lease=self.id, error=str(exc))
-        self._mark_lost("closed")
+        return revoke and not self.lost
+
+    @contextlib.contextmanager
+    def _revoke_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (LeaseNotFound, ClientClosed):
+            pass
+        except RaftKVError as exc:  # unreachable cluster: the TTL will end it
+            log.warning("session.revoke_failed", lease=self.id, error=str(exc))
 
     async def __aenter__(self) -> "Session":
         return self
