@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 from kv.errors import LockNotHeld, LockTimeout, NotElectionLeader
 from kv.requests import Compare, DeleteRange, Put, prefix_end
 from kv.responses import KeyValue
-from client.recipes import arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
+from client.recipes import SessionOwner, arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
 
 if TYPE_CHECKING:
     from client.client import Client
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["Election"]
 
 
-class Election:
+class Election(SessionOwner):
     """One campaigner's handle on election `name`. Build it with `client.election(name)`.
 
     Attributes:
@@ -100,18 +100,14 @@ class Election:
             if self.key is not None:
                 run_on_loop(self.client, self._resign())
         finally:
-            if self._own_session and self.session is not None:
-                session, self.session = self.session, None
-                session.close()
+            self._drop_session()
 
     async def aresign(self) -> None:
         try:
             if self.key is not None:
                 await arun_on_loop(self.client, self._resign())
         finally:
-            if self._own_session and self.session is not None:
-                session, self.session = self.session, None
-                await arun_on_loop(self.client, session.aclose())
+            await self._adrop_session()
 
     def is_leader(self) -> bool:
         """True while this caller's key is the leading one (a linearizable read)."""

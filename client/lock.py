@@ -29,7 +29,7 @@ from kv.errors import LockNotHeld
 from kv.requests import Compare, DeleteRange, Put
 from kv.responses import PutResponse, TxnResponse
 from client.leases import ttl_ms
-from client.recipes import arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
+from client.recipes import SessionOwner, arun_on_loop, check_timeout, join_queue, queue_prefix, run_on_loop, wait_turn
 
 if TYPE_CHECKING:
     from client.client import Client
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Lock"]
 
 
-class Lock:
+class Lock(SessionOwner):
     """A fair distributed lock. Build it with `client.lock(name, ttl, timeout)`.
 
     `with lock:` / `async with lock:` acquire and release; so do
@@ -96,15 +96,11 @@ class Lock:
         timeout = self.timeout if timeout is ... else timeout
         check_timeout(timeout)
         if self.session is None:
-            self.session = await arun_on_loop(self.client, self._new_session())
+            self.session = await self.client.asession(self.ttl)
         try:
             return await arun_on_loop(self.client, self._acquire(timeout))
         except BaseException:
-            if self._own_session and self.session is not None:  # not acquired: stop renewing
-                try:
-                    await arun_on_loop(self.client, self._close_session())
-                except Exception:  # closed client: the TTL ends the lease
-                    pass
+            await self._adrop_session(quiet=True)  # not acquired: stop renewing
             raise
 
     def release(self) -> None:
@@ -120,8 +116,7 @@ class Lock:
             if self.key is not None:
                 await arun_on_loop(self.client, self._release())
         finally:
-            if self._own_session and self.session is not None:
-                await arun_on_loop(self.client, self._close_session())
+            await self._adrop_session()
 
     def is_held(self) -> bool:
         """True if our key still exists with our token (a linearizable read)."""
@@ -184,11 +179,6 @@ class Lock:
 
     # --- on the client loop -----------------------------------------------------------
 
-    async def _new_session(self) -> "Session":
-        from client.leases import Session
-
-        return await Session.acreate(self.client, self.ttl)
-
     async def _acquire(self, timeout: float | None) -> "Lock":
         assert self.session is not None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -212,12 +202,3 @@ class Lock:
         except Exception:  # unreachable now: the lease's expiry deletes it
             pass
 
-    async def _close_session(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            await session.aclose()
-
-    def _drop_session(self) -> None:
-        if self._own_session and self.session is not None:
-            session, self.session = self.session, None
-            session.close()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from client.client import Client
     from client.leases import Session
 
-__all__ = ["queue_prefix", "join_queue", "wait_turn", "run_on_loop", "arun_on_loop", "check_timeout"]
+__all__ = ["queue_prefix", "join_queue", "wait_turn", "run_on_loop", "arun_on_loop", "check_timeout", "SessionOwner"]
 
 T = TypeVar("T")
 
@@ -111,6 +111,30 @@ async def _wait_deleted(client: "Client", key: Any, from_revision: int, session:
         unregister()
         waiter.cancel()
         watch.cancel()
+
+
+class SessionOwner:
+    """What Lock and Election share: a session, which they close only if
+    they made it themselves (`_own_session`)."""
+
+    client: "Client"
+    session: "Session | None"
+    _own_session: bool
+
+    def _drop_session(self) -> None:
+        if self._own_session and self.session is not None:
+            session, self.session = self.session, None
+            session.close()
+
+    async def _adrop_session(self, quiet: bool = False) -> None:
+        """The async twin; `quiet`: a closed client is no error (the TTL ends the lease)."""
+        if self._own_session and self.session is not None:
+            session, self.session = self.session, None
+            try:
+                await arun_on_loop(self.client, session.aclose())
+            except Exception:
+                if not quiet:
+                    raise
 
 
 def check_timeout(timeout: Any) -> None:
