@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray_opts.add_argument("--namespace", default=DEFAULT_NAMESPACE, help='Ray namespace (default "raftkv")')
     conn = argparse.ArgumentParser(add_help=False, parents=[ray_opts])
     conn.add_argument("--name", default=DEFAULT_NAME, help='cluster name (default "default")')
+    layout = argparse.ArgumentParser(add_help=False, parents=[ray_opts])  # a new cluster's shape
+    layout.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
+    layout.add_argument("--data-dir", default=None, help="where replicas keep their logs (default <tmp>/raftkv/NAME)")
 
     p = sub.add_parser("demo", help="run the quickstart tour on a private Ray instance")
     p.set_defaults(func=_cmd_demo, needs_ray=False)
@@ -325,10 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(see `raftkv bench-snapshot --help`)", add_help=False)
     p.set_defaults(func=None, needs_ray=False)
 
-    p = sub.add_parser("start", parents=[ray_opts], help="start a detached cluster on a running Ray cluster")
+    p = sub.add_parser("start", parents=[layout], help="start a detached cluster on a running Ray cluster")
     p.add_argument("cluster", metavar="NAME")
-    p.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
-    p.add_argument("--data-dir", default=None, help="where replicas keep their logs (default <tmp>/raftkv/NAME)")
     p.set_defaults(func=_cmd_start, needs_ray=True)
 
     p = sub.add_parser("stop", parents=[ray_opts], help="stop a cluster (its data directory is kept)")
@@ -381,11 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=_cmd_snapshot, needs_ray=True)
 
-    p = sub.add_parser("restore", parents=[ray_opts], help="start a new detached cluster NAME from a backup file")
+    p = sub.add_parser("restore", parents=[layout], help="start a new detached cluster NAME from a backup file")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--name", dest="cluster", required=True, metavar="NAME", help="the new cluster's name")
-    p.add_argument("--replicas", type=int, default=3, help="number of replicas (default 3)")
-    p.add_argument("--data-dir", default=None, help="where replicas keep their logs (default <tmp>/raftkv/NAME)")
     p.set_defaults(func=_cmd_restore, needs_ray=True)
     return parser
 
