@@ -23,3 +23,11 @@ def start_demo_cluster(prefix: str):
                  namespace="raftkv", configure_logging=False)
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     return start_cluster(name, 3, data_dir=tempfile.mkdtemp(prefix=f"raftkv-{prefix}-"))
+
+
+def report(example: str, failures: list[str]) -> int:
+    """Print each failed check and the verdict; the exit code (1 if any failed)."""
+    for f in failures:
+        print("FAILED:", f)
+    print(f"{example}: OK" if not failures else f"{example}: FAILED")
+    return 1 if failures else 0

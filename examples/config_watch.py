@@ -16,7 +16,7 @@ import time
 import ray
 
 from client import Put, connect, prefix_end
-from examples._common import start_demo_cluster
+from examples._common import report, start_demo_cluster
 
 PREFIX = "config/"
 
@@ -74,10 +74,7 @@ def main() -> int:
             ray.kill(service)
     finally:
         cluster.stop()
-    for f in failures:
-        print("FAILED:", f)
-    print("config_watch: OK" if not failures else "config_watch: FAILED")
-    return 1 if failures else 0
+    return report("config_watch", failures)
 
 
 if __name__ == "__main__":

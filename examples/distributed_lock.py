@@ -21,7 +21,7 @@ import ray
 
 from client import connect
 from kv.errors import LockNotHeld
-from examples._common import start_demo_cluster
+from examples._common import report, start_demo_cluster
 
 TASKS = 6
 INCREMENTS = 8
@@ -112,10 +112,7 @@ def main() -> int:
             ray.kill(holder)
     finally:
         cluster.stop()
-    for f in failures:
-        print("FAILED:", f)
-    print("distributed_lock: OK" if not failures else "distributed_lock: FAILED")
-    return 1 if failures else 0
+    return report("distributed_lock", failures)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import ray
 from client import Put, connect
 from client.elected import LeaderElected, leader_only
 from kv.errors import NotElectionLeader, RaftKVError
-from examples._common import start_demo_cluster
+from examples._common import report, start_demo_cluster
 
 WORKERS = 3
 TTL = 3.0
@@ -94,10 +94,7 @@ def main() -> int:
                 ray.kill(a)
     finally:
         cluster.stop()
-    for f in failures:
-        print("FAILED:", f)
-    print("leader_election: OK" if not failures else "leader_election: FAILED")
-    return 1 if failures else 0
+    return report("leader_election", failures)
 
 
 if __name__ == "__main__":
