@@ -28,6 +28,7 @@ Followers keep no deadlines; they hold the lease table through the log.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kv.leases import LeaseTable
@@ -55,6 +56,9 @@ class LeaseKeeper:
         self._recorded: dict[int, int] = {}  # remaining_ms as the log last said
         self._expiring: dict[int, float] = {}  # lease id -> when LeaseExpire was proposed
         self._next_checkpoint = 0.0
+        # No expiry can be due before this: the leader's tick checks it
+        # instead of scanning every lease (lowered whenever a deadline is set).
+        self._scan_at = math.inf
 
     def become_leader(self, leases: LeaseTable, now: float) -> None:
         self.leading = True
@@ -67,6 +71,7 @@ class LeaseKeeper:
             self._deadlines[lease_id] = now + lease.remaining_ms / 1000.0
             self._recorded[lease_id] = lease.remaining_ms
         self._next_checkpoint = now + self.checkpoint_s
+        self._scan_at = min(self._deadlines.values(), default=math.inf)
 
     def step_down(self) -> None:
         self.leading = False
@@ -82,11 +87,13 @@ class LeaseKeeper:
         if self.leading:
             for kind, lease_id, ms in events:
                 if kind == "set":
-                    self._deadlines[lease_id] = now + ms / 1000.0
+                    deadline = self._deadlines[lease_id] = now + ms / 1000.0
+                    self._scan_at = min(self._scan_at, deadline)
                     self._recorded[lease_id] = ms
                     self._expiring.pop(lease_id, None)
                 elif kind == "checkpoint":
-                    self._deadlines.setdefault(lease_id, now + ms / 1000.0)
+                    deadline = self._deadlines.setdefault(lease_id, now + ms / 1000.0)
+                    self._scan_at = min(self._scan_at, deadline)
                     self._recorded[lease_id] = ms
                 elif kind == "gone":
                     self._deadlines.pop(lease_id, None)
@@ -109,14 +116,20 @@ class LeaseKeeper:
             return []
         ops: list[Any] = []
         expiring = self._expiring
-        for lease_id, deadline in self._deadlines.items():
-            if deadline <= now:
-                proposed = expiring.get(lease_id)
-                if proposed is None or now - proposed >= REPROPOSE_S:
-                    lease = leases.get(lease_id)
-                    if lease is not None:
-                        ops.append(LeaseExpire(lease_id, lease.epoch))
-                        expiring[lease_id] = now
+        if now >= self._scan_at:
+            scan_at = math.inf
+            for lease_id, deadline in self._deadlines.items():
+                if deadline <= now:
+                    proposed = expiring.get(lease_id)
+                    if proposed is None or now - proposed >= REPROPOSE_S:
+                        lease = leases.get(lease_id)
+                        if lease is not None:
+                            ops.append(LeaseExpire(lease_id, lease.epoch))
+                            expiring[lease_id] = proposed = now
+                    if proposed is not None:
+                        deadline = proposed + REPROPOSE_S  # when to propose it again
+                scan_at = min(scan_at, deadline)
+            self._scan_at = scan_at
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_s
             slack = int(self.checkpoint_s * 1000)
