@@ -60,7 +60,7 @@ from kv.requests import LeaseGrant, LeaseKeepAlive, LeaseRevoke
 from client.leases import Lease, LeaseStatus, Session, ttl_ms
 from kv.validation import validate
 from raft_actors.backup import BackupInfo, write_backup
-from raft_actors.cluster import DEFAULT_NAMESPACE
+from raft_actors.cluster import DEFAULT_NAMESPACE, replica_indices
 from raft_actors.node import actor_name
 
 if TYPE_CHECKING:  # imported lazily at run time (they import this module)
@@ -108,7 +108,11 @@ class Client:
         self._seq = itertools.count(1)  # drawn on the loop thread only
         self._outstanding: set[int] = set()
         self._handles: dict[int, Any] = {}
-        self._replicas = 0
+        # Members as last learned (replica indices): voters serve reads;
+        # `_conf_index` is the configuration they come from.
+        self._voters: list[int] = []
+        self._members: list[int] = []
+        self._conf_index = -1
         self._leader: int | None = None
         self._closed = False
         # The client loop thread hands results to callers' threads; the default
@@ -594,7 +598,7 @@ class Client:
         backoff = _Backoff()
 
         def fresh_target() -> int | None:  # None: find the leader first
-            return None if leader_only else random.randrange(self._replicas)
+            return None if leader_only or not self._voters else random.choice(self._voters)
 
         target = fresh_target()
         last_error = "no leader"
@@ -649,6 +653,14 @@ class Client:
 
     async def _find_leader(self, deadline: float) -> int | None:
         statuses = await self._statuses(per_call=0.5)
+        if all(s.get("role") == "down" for s in statuses):
+            # Every member we knew is gone (replaced while we were away):
+            # find the cluster again by its actors' names.
+            try:
+                await self._discover()
+            except ClusterNotFound:
+                return None
+            statuses = await self._statuses(per_call=0.5)
         best = None
         for s in statuses:
             if s.get("role") == "leader" and (best is None or s["term"] > best["term"]):
@@ -670,7 +682,16 @@ class Client:
                 self._handles.pop(i, None)
                 return {"replica": i, "role": "down"}
 
-        return list(await asyncio.gather(*(one(i) for i in range(self._replicas))))
+        out = list(await asyncio.gather(*(one(i) for i in self._members)))
+        for s in out:  # follow membership changes (the newest committed configuration reported)
+            if s.get("voters") and not s.get("conf_pending") and s.get("conf_index", -1) > self._conf_index:
+                self._learn_members(s)
+        return out
+
+    def _learn_members(self, info: dict) -> None:
+        self._conf_index = info["conf_index"]
+        self._voters = sorted(info["voters"])
+        self._members = sorted(info["voters"] + info["learners"])
 
     def _handle(self, index: int) -> Any:
         h = self._handles.get(index)
@@ -683,18 +704,25 @@ class Client:
         return h
 
     async def _discover(self) -> None:
-        for i in range(9):
+        """Find the cluster's members: ask every replica actor of this name
+        for its configuration and keep the newest."""
+        loop = asyncio.get_running_loop()
+        indices = await loop.run_in_executor(None, replica_indices, self.name, self.namespace)
+
+        async def one(i: int) -> dict | None:
             h = self._handle(i)
             if h is None:
-                continue
+                return None
             try:
-                info = await asyncio.wait_for(_await_ref(h.describe.remote()), 10)
+                return await asyncio.wait_for(_await_ref(h.describe.remote()), 10)
             except Exception:
-                continue
-            self._replicas = info["replicas"]
-            return
-        raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
-                              f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
+                return None
+
+        infos = [x for x in await asyncio.gather(*(one(i) for i in indices)) if x and x.get("members")]
+        if not infos:
+            raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
+                                  f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
+        self._learn_members(max(infos, key=lambda x: x["conf_index"]))
 
 
 class TxnBuilder:

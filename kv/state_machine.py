@@ -37,7 +37,7 @@ The batch format (what a log entry's data holds) is in `kv.batch`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 
@@ -85,7 +85,7 @@ __all__ = ["Command", "KVStateMachine", "encode_batch", "decode_batch", "BATCH_F
 log = structlog.get_logger(__name__)
 
 # 2: leases added (format 1 was never written to disk: snapshots came later).
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3  # 3 added the highest replica id ever a member; 2 is still read
 _SNAPSHOT_MAGIC = "raftkv.kv"
 
 
@@ -178,6 +178,11 @@ class KVStateMachine:
         self._store = MVCCStore()
         self._sessions = SessionTable(self.limits)
         self._leases = LeaseTable()
+        # The highest Raft replica id ever in the configuration: a new replica
+        # gets a higher one, so no id is ever used twice (a replica that lost
+        # its data must not come back under its old identity).
+        # invariant: only increases
+        self.member_high = 0
         self._index = 0  # the index of the entry being applied
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             t: getattr(self, name) for t, name in self._HANDLERS.items()
@@ -216,6 +221,12 @@ class KVStateMachine:
         return self._sessions
 
     # --- applying the log -------------------------------------------------------
+
+    def note_members(self, ids: Iterable[int]) -> None:
+        """Record the replica ids of a configuration entry as it is applied
+        (the replica calls this for every committed configuration entry, in
+        log order, right after `apply` of that entry)."""
+        self.member_high = max(self.member_high, *ids, 0)
 
     def apply(self, index: int, term: int, data: bytes) -> list[Any]:
         """Apply one committed log entry.
@@ -536,7 +547,8 @@ class KVStateMachine:
         store = self._store.freeze()
         sessions = self._sessions.freeze(result_to_plain)
         leases = self._leases.to_plain()
-        return lambda: header + [store(), sessions(), leases]
+        member_high = self.member_high
+        return lambda: header + [store(), sessions(), leases, member_high]
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()` result.
@@ -550,12 +562,14 @@ class KVStateMachine:
         plain = decode(data)
         if type(plain) is not list or len(plain) < 2 or plain[0] != _SNAPSHOT_MAGIC:
             raise CodecError("not a raftkv state machine snapshot")
-        if plain[1] != SNAPSHOT_FORMAT or len(plain) != 8:
+        if (plain[1], len(plain)) not in ((SNAPSHOT_FORMAT, 9), (2, 8)):
             raise CodecError(
-                f"unknown snapshot format {plain[1]!r} (this replica reads {SNAPSHOT_FORMAT}); upgrade it"
+                f"unknown snapshot format {plain[1]!r} (this replica reads {SNAPSHOT_FORMAT} and 2); upgrade it"
             )
-        _, _, applied_index, applied_term, now, store_plain, sessions_plain, leases_plain = plain
-        if type(applied_index) is not int or type(applied_term) is not int or type(now) is not float:
+        _, _, applied_index, applied_term, now, store_plain, sessions_plain, leases_plain = plain[:8]
+        member_high = plain[8] if len(plain) == 9 else 0
+        if (type(applied_index) is not int or type(applied_term) is not int or type(now) is not float
+                or type(member_high) is not int or member_high < 0):
             raise InvalidRequest("malformed snapshot header")
         store = MVCCStore.from_plain(store_plain)
         sessions = SessionTable.from_plain(sessions_plain, self.limits, result_from_plain)
@@ -568,6 +582,7 @@ class KVStateMachine:
         self.applied_index = applied_index
         self.applied_term = applied_term
         self._now = now
+        self.member_high = member_high
         log.info("kv.restored", applied_index=applied_index, revision=store.revision)
 
 

@@ -63,6 +63,7 @@ class Refusal(enum.StrEnum):
     LAST_VOTER = "last_voter"  # a configuration needs at least one voter
     WOULD_LOSE_QUORUM = "would_lose_quorum"  # too few responsive voters would remain for the new quorum
     LEARNER_BEHIND = "learner_behind"  # the learner has not caught up; retry later
+    ID_USED = "id_used"  # add_learner of an id that was a member before: ids are never reused
     INVALID = "invalid"  # a malformed change (bad id or type)
 
 

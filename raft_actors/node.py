@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import logging
 import os
 import random
@@ -41,10 +42,11 @@ from typing import Any
 import structlog
 
 from kv import Command, KVStateMachine, encode, encode_batch
-from kv.errors import InvalidRequest, NotLeader
+from kv.errors import InvalidRequest, NotLeader, StorageError
 from kv.requests import LEADER_ONLY_OPS, Compact, LeaseGrant
 from raft_actors.core import Config, RaftCore, Role
 from raft_actors.leases import LeaseKeeper
+from raft_actors.membership import ConfChange, ConfChangeNotLeader, ConfChangeRefused, Membership, decode_conf_entry
 from raft_actors.retention import Retention
 from raft_actors.transport import Transport
 from raft_actors.types import NONE, Entry, EntryKind, HardState, Message, SnapshotMeta
@@ -109,6 +111,40 @@ def actor_name(cluster: str, index: int) -> str:
     return f"raftkv/{cluster}/{index}"
 
 
+MEMBERS_FILE = "members.json"
+
+
+def replica_dir(data_dir: str, index: int) -> str:
+    """Where replica `index` of a cluster with data in `data_dir` keeps its log."""
+    return os.path.join(data_dir, f"replica-{index}")
+
+
+def _has_data(path: str) -> bool:
+    """Whether a replica directory holds anything but its lock file."""
+    try:
+        return any(n != "LOCK" for n in os.listdir(path))
+    except FileNotFoundError:
+        return False
+
+
+def read_members_file(path: str) -> dict | None:
+    """The last committed configuration a replica wrote to its directory
+    (`{"conf_index", "voters", "learners"}`, replica indices), or None."""
+    try:
+        with open(os.path.join(path, MEMBERS_FILE)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(k in data for k in ("conf_index", "voters", "learners")):
+        return None
+    return data
+
+
+def _membership_view(m: Membership) -> dict:
+    """A configuration in replica indices (Raft id - 1)."""
+    return {"voters": [v - 1 for v in m.voters], "learners": [v - 1 for v in m.learners]}
+
+
 @dataclass(frozen=True)
 class NodeOptions:
     """Timing and limits of a replica. Defaults suit one machine; raise the
@@ -153,8 +189,22 @@ class NodeOptions:
 class RaftNode:
     """One Raft replica as an async Ray actor. See the module docstring."""
 
-    def __init__(self, cluster: str, index: int, replicas: int, namespace: str, data_dir: str,
-                 options: NodeOptions | None = None, detached: bool = False) -> None:
+    def __init__(self, cluster: str, index: int, members: list[int], namespace: str, data_dir: str,
+                 options: NodeOptions | None = None, detached: bool = False, *, join: bool = False,
+                 expect_data: bool = False) -> None:
+        """Open replica `index`'s log and state.
+
+        Args:
+            members: the voters' indices of a brand-new cluster (ignored once
+                the log records a configuration, which it does from its first
+                entry on).
+            join: a new member being added: it starts with an empty data
+                directory and no configuration, and waits for the leader.
+            expect_data: a restart: the data directory must hold this
+                replica's log. One that is empty or gone is refused, since a
+                replica that forgot its votes must not come back under its
+                old identity (it could vote twice in a term).
+        """
         self.detached = detached
         self.opts = options or NodeOptions()
         # The event loop shares the GIL with Ray's threads and the WAL writer;
@@ -164,14 +214,20 @@ class RaftNode:
             getattr(logging, self.opts.log_level.upper(), logging.WARNING)))
         self.cluster = cluster
         self.index = index
-        self.replicas = replicas
         self.namespace = namespace
         self.id = index + 1  # Raft ids are positive
-        self.data_dir = os.path.join(data_dir, f"replica-{index}")
+        self.data_dir = replica_dir(data_dir, index)
+        if join and _has_data(self.data_dir):
+            raise StorageError(f"{self.data_dir} already holds replica data; a new member starts from an empty "
+                               "directory (replica indices are never reused)")
+        if expect_data and not _has_data(self.data_dir):
+            raise StorageError(f"{self.data_dir} is empty or gone: replica {index} lost its log and cannot come "
+                               "back under its old identity; remove it and add a new replica")
         self.storage = FileStorage(self.data_dir)
         self.node_id = _ray_node_id()
         persisted = self.storage.load()
-        config = Config(id=self.id, peers=tuple(range(1, replicas + 1)), election_tick=self.opts.election_ticks,
+        peers = () if join else tuple(i + 1 for i in members)
+        config = Config(id=self.id, peers=peers, election_tick=self.opts.election_ticks,
                         heartbeat_tick=self.opts.heartbeat_ticks)
         self.core = RaftCore(config, persisted, random.Random(int.from_bytes(os.urandom(8), "little")))
         self.sm = KVStateMachine()
@@ -202,6 +258,7 @@ class RaftNode:
         self._task: asyncio.Task | None = None
         self._closed = False
         self._failed = False
+        self._conf_written = -1  # conf index of the configuration last written to MEMBERS_FILE
         self.stats = {"readies": 0, "fsyncs": 0, "entries": 0, "proposals": 0, "snapshots": 0,
                       "snapshots_installed": 0, "snapshot_pause_ms": 0.0, "snapshot_bytes": 0}
         log.info("replica.open", replica=index, term=persisted.hard_state.term,
@@ -215,9 +272,20 @@ class RaftNode:
         return True
 
     async def describe(self) -> dict:
-        """What a client or operator needs to find and manage the cluster."""
-        return {"name": self.cluster, "replicas": self.replicas, "namespace": self.namespace,
-                "data_dir": os.path.dirname(self.data_dir), "detached": self.detached, "options": self.opts}
+        """What a client or operator needs to find and manage the cluster:
+        members as this replica knows them (replica indices), and the index
+        the next new member gets (indices are never reused)."""
+        conf = self.core.membership
+        view = _membership_view(conf)
+        return {"name": self.cluster, "replicas": len(conf.voters), "namespace": self.namespace,
+                "data_dir": os.path.dirname(self.data_dir), "detached": self.detached, "options": self.opts,
+                "members": sorted(view["voters"] + view["learners"]), **view,
+                "conf_index": self.core.log.conf_index, "commit_index": self.core.log.committed,
+                "next_index": self._next_index()}
+
+    def _next_index(self) -> int:
+        # ids are index + 1: the next id after the highest ever is that id as an index
+        return max(self.sm.member_high, *self.core.membership.members, 0)
 
     async def ping(self) -> None:
         """No-op: the Ray round-trip baseline of the benchmark."""
@@ -242,10 +310,19 @@ class RaftNode:
     async def status(self) -> dict:
         s = self.core.status()
         leader = s["leader"]
+        conf = self.core.membership
+        role = "failed" if self._failed else s["role"]
+        if role != "failed" and self.id not in conf.members and conf.members:
+            role = "removed"
+        elif role == "follower" and conf.is_learner(self.id):
+            role = "learner"
         return {
             "replica": self.index,
             "name": actor_name(self.cluster, self.index),
-            "role": "failed" if self._failed else s["role"],
+            "role": role,
+            **_membership_view(conf),
+            "conf_index": s["conf_index"],
+            "conf_pending": s["conf_pending"],
             "term": s["term"],
             "leader": leader - 1 if leader != NONE else None,
             "commit_index": s["commit_index"],
@@ -276,6 +353,60 @@ class RaftNode:
         self._ensure_started()
         self.core.transfer_leadership(to_index + 1)
         self._wake.set()
+
+    async def change_membership(self, kind: str, index: int) -> tuple[str, Any]:
+        """Propose a membership change and answer once it is committed.
+
+        Args:
+            kind: "add_learner", "promote" or "remove".
+            index: the replica index it concerns.
+        Returns:
+            ("ok", {"voters": [...], "learners": [...]}) once committed;
+            ("not_leader", leader_index_or_None); ("refused", (reason, message))
+            with a `Refusal` value (nothing was changed); or ("timeout", None):
+            not committed in time, check the membership and retry.
+        """
+        self._ensure_started()
+        makers = {"add_learner": ConfChange.add_learner, "promote": ConfChange.promote, "remove": ConfChange.remove}
+        if kind not in makers or type(index) is not int or index < 0:
+            return ("refused", ("invalid", f"bad membership change {kind!r} of replica {index!r}"))
+        if self.core.role != Role.LEADER or self._closed:
+            return ("not_leader", self._leader_index())
+        if kind == "add_learner" and index < self._next_index():
+            return ("refused", ("id_used", f"replica index {index} is or was a member; indices are never reused "
+                                           f"(the next free one is {self._next_index()})"))
+        try:
+            at = self.core.propose_conf_change(makers[kind](index + 1))
+        except ConfChangeNotLeader:
+            return ("not_leader", self._leader_index())
+        except ConfChangeRefused as exc:
+            return ("refused", (exc.reason.value, str(exc)))
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[at] = (fut, self.core.term)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.opts.request_timeout_s)
+        except NotLeader:
+            return ("not_leader", self._leader_index())
+        except asyncio.TimeoutError:
+            return ("timeout", None)
+        log.info("replica.membership_changed", replica=self.index, term=self.core.term, index=at, change=kind,
+                 member=index)
+        return ("ok", _membership_view(self.core.membership))
+
+    async def retire(self) -> bool:
+        """A replica that was removed from the configuration closes and renames
+        its data directory to `<dir>.removed-<time>`, so nothing can start it
+        again under its identity. Returns False (and does nothing) while it
+        is still a member."""
+        conf = self.core.membership
+        if self.id in conf.members or not conf.members:
+            return False
+        await self.close()
+        gone = f"{self.data_dir}.removed-{int(time.time())}"
+        os.rename(self.data_dir, gone)
+        log.info("replica.retired", replica=self.index, term=self.core.term, moved_to=gone)
+        return True
 
     async def campaign(self) -> None:
         """Start an election now (operator use and tests)."""
@@ -539,6 +670,7 @@ class RaftNode:
             if self.sm.leases.events:
                 self.leases.observe(self.sm.leases, time.monotonic())
             self.watches.notify(self.sm.revision)
+            self._conf_committed(rd.snapshot.meta.index, rd.snapshot.meta.conf)
             _settle_heap()
         for rs in rd.read_states:
             fut = self._read_waiters.pop(rs.context, None)
@@ -660,6 +792,8 @@ class RaftNode:
             # snapshot then covers exactly what the core has applied.
             data = e.data if e.kind == EntryKind.NORMAL else b""
             results = self.sm.apply(e.index, e.term, data)
+            if e.kind == EntryKind.CONF:
+                self._conf_committed(e.index, decode_conf_entry(e.data).membership)
             self._since_snapshot[1] += len(data)
             self._since_snapshot[0] += 1
             applied = e.index
@@ -684,6 +818,30 @@ class RaftNode:
                     still.append((index, fut))
             self._apply_waiters = still
         self.watches.notify(self.sm.revision)  # wake watch polls waiting for news
+
+    def _conf_committed(self, index: int, conf: Membership | None) -> None:
+        """A configuration is committed (applied from the log or installed with
+        a snapshot): remember its ids for good, and write it next to the log
+        so that a cluster started again from its data directories knows
+        which replicas are members (a small file, rarely written)."""
+        if conf is None or not conf.members:
+            return
+        self.sm.note_members(conf.members)
+        if index <= self._conf_written:
+            return
+        self._conf_written = index
+        body = json.dumps({"conf_index": index, **_membership_view(conf)})
+        tmp = os.path.join(self.data_dir, MEMBERS_FILE + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.data_dir, MEMBERS_FILE))
+        except OSError as exc:  # advisory: the log is the record; only a cold start reads this
+            log.warning("replica.members_file_failed", replica=self.index, index=index, error=repr(exc))
+        if self.id not in conf.members:
+            log.info("replica.removed", replica=self.index, term=self.core.term, index=index)
 
     def _fail_waiters(self, exc: Exception) -> None:
         for fut, _ in self._waiters.values():
