@@ -19,6 +19,16 @@ concurrent writers), then:
                               before the leader's snapshot, so it must install
                               the whole store (as a new member would); until
                               it has caught up
+    new_member_s              a new member added (`add_replica`) once the
+                              leader has snapshotted (nearly) everything: it
+                              starts with an empty log and catches up through
+                              InstallSnapshot; until it is caught up and
+                              promoted to voter
+    new_member_serving_s      from the same start, until its revision equals
+                              the leader's
+    new_member_installed      snapshots the new member installed
+    new_member_rss_mb         resident memory of the new member then
+The new member is removed again at the end.
 """
 
 from __future__ import annotations
@@ -52,12 +62,28 @@ def _wait(pred, timeout: float = 600.0, every: float = 0.2) -> float:
     raise TimeoutError("condition not reached")
 
 
+def _member(cluster: Any, i: int) -> dict:
+    """Replica i's entry in `cluster.status()` (looked up by index: the
+    list is over the current members, so positions move with membership)."""
+    for s in cluster.status():
+        if s["replica"] == i:
+            return s
+    raise LookupError(f"replica {i} is not a member ({cluster.indices})")
+
+
 def _snapshot_now(cluster: Any, i: int) -> None:
     """Make replica i snapshot everything it has applied now, and wait for it."""
-    target = cluster.status()[i]["applied_index"]
+    target = 0
+
+    def answered() -> bool:  # None while it is too busy to answer
+        nonlocal target
+        target = _member(cluster, i).get("applied_index")
+        return target is not None
+
+    _wait(answered)
 
     def done() -> bool:
-        if cluster.status()[i].get("snapshot_index", 0) >= target:
+        if (_member(cluster, i).get("snapshot_index") or 0) >= target:
             return True
         ray.get(cluster.handle(i).take_snapshot.remote())  # False while one is being written: ask again
         return False
@@ -68,7 +94,9 @@ def _snapshot_now(cluster: Any, i: int) -> None:
 def run(keys: int = 1_000_000) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if not ray.is_initialized():
-        ray.init(num_cpus=max(4, os.cpu_count() or 4), include_dashboard=False, log_to_driver=False,
+        # address="local": a private instance even when another Ray cluster on
+        # this machine was recorded as the current one (/tmp/ray/ray_current_cluster).
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 4), include_dashboard=False, log_to_driver=False,
                  namespace="raftkv", configure_logging=False)
     # Default snapshot thresholds (replicas snapshot during the load too); the
     # figures come from one more snapshot of the full store at the end.
@@ -99,40 +127,61 @@ def run(keys: int = 1_000_000) -> dict:
             out["rss_mb_per_million_keys"] = round(growth / 2**20 / (keys / 1e6))
 
             # One snapshot on every replica, measured.
-            for i in range(3):
+            for i in cluster.indices:
                 _snapshot_now(cluster, i)
             st = cluster.status()
             out["snapshot_bytes"] = max(s["stats"]["snapshot_bytes"] for s in st)
             out["snapshot_pause_ms"] = max(s["stats"]["snapshot_pause_ms"] for s in st)
 
             leader = cluster.leader()
-            follower = next(i for i in range(3) if i != leader)
+            follower = next(i for i in cluster.indices if i != leader)
             c.put("marker", "1")
             cluster.kill_replica(follower)
             t0 = time.monotonic()
             cluster.restart_replica(follower, timeout=600)
-            commit = cluster.status()[leader]["commit_index"]
-            _wait(lambda: (cluster.status()[follower].get("applied_index") or 0) >= commit)
+            commit = _member(cluster, leader)["commit_index"]
+            _wait(lambda: (_member(cluster, follower).get("applied_index") or 0) >= commit)
             out["restart_s"] = round(time.monotonic() - t0, 1)
 
             leader = cluster.leader()  # may have moved meanwhile
-            follower = next(i for i in range(3) if i != leader)
-            last_before = cluster.status()[follower]["last_index"]
+            follower = next(i for i in cluster.indices if i != leader)
+            last_before = _member(cluster, follower)["last_index"]
             cluster.kill_replica(follower)
             for i in range(50):
                 c.put(f"after/{i}", "x")
             _snapshot_now(cluster, leader)
-            out["leader_snapshot_index"] = cluster.status()[leader]["snapshot_index"]
+            out["leader_snapshot_index"] = _member(cluster, leader)["snapshot_index"]
             out["follower_last_index"] = last_before
             # The follower's log now ends before the leader's snapshot: it can
             # only catch up by installing the whole store, as a new member would.
             t0 = time.monotonic()
             cluster.restart_replica(follower, timeout=600)
-            commit = cluster.status()[leader]["commit_index"]
-            _wait(lambda: (cluster.status()[follower].get("applied_index") or 0) >= commit)
+            commit = _member(cluster, leader)["commit_index"]
+            _wait(lambda: (_member(cluster, follower).get("applied_index") or 0) >= commit)
             out["catch_up_s"] = round(time.monotonic() - t0, 1)
-            out["installed"] = cluster.status()[follower]["stats"]["snapshots_installed"]
-            out["elections_during_run"] = max(s["term"] for s in cluster.status()) - 1
+            out["installed"] = _member(cluster, follower)["stats"]["snapshots_installed"]
+
+            # A new member: an empty log, so only InstallSnapshot of the whole
+            # store brings it up to date. The leader snapshots everything first,
+            # so the figure is the transfer and install, not the leader's encoding.
+            leader = cluster.leader()
+            _snapshot_now(cluster, leader)
+            t0 = time.monotonic()
+            new = cluster.add_replica(timeout=600)
+            out["new_member_s"] = round(time.monotonic() - t0, 1)
+
+            def serving() -> bool:
+                st = {s["replica"]: s for s in cluster.status()}
+                lead = next((s for s in st.values() if s["role"] == "leader"), None)
+                return lead is not None and st[new].get("revision") == lead["revision"]
+
+            _wait(serving)
+            out["new_member_serving_s"] = round(time.monotonic() - t0, 1)
+            joined = _member(cluster, new)
+            out["new_member_installed"] = joined["stats"]["snapshots_installed"]
+            out["new_member_rss_mb"] = round(joined["rss_bytes"] / 2**20)
+            out["elections_during_run"] = max(s["term"] or 0 for s in cluster.status()) - 1
+            cluster.remove_replica(new)  # leave the cluster as it was
     finally:
         cluster.stop()
     return out

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import structlog
 
-from kv.errors import RaftKVError
+from kv.errors import InvalidRequest, RaftKVError
 
 DEFAULT_NAME = "default"
 DEFAULT_ADDRESS = "auto"
@@ -153,9 +153,11 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from raft_actors import start_cluster
 
     cluster = start_cluster(args.cluster, args.replicas, data_dir=args.data_dir, detached=True,
-                            namespace=args.namespace)
-    print(f"started cluster {args.cluster!r} ({args.replicas} replicas, data in {cluster.data_dir}, "
-          f"Ray namespace {args.namespace!r})")
+                            namespace=args.namespace, auto_replace=args.auto_replace,
+                            replace_after_s=args.replace_after)
+    healing = f", replacing a replica lost for {args.replace_after:g} s" if args.auto_replace else ""
+    print(f"started cluster {args.cluster!r} (members {cluster.indices}, data in {cluster.data_dir}, "
+          f"Ray namespace {args.namespace!r}{healing})")
     print(format_status(cluster.status()))
     return 0
 
@@ -165,6 +167,24 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
     get_cluster(args.cluster, namespace=args.namespace).stop()
     print(f"stopped cluster {args.cluster!r}")
+    return 0
+
+
+def _cmd_members(args: argparse.Namespace) -> int:
+    from raft_actors import get_cluster
+
+    cluster = get_cluster(args.cluster, namespace=args.namespace)
+    if args.action == "add":
+        index = cluster.add_replica(timeout=args.timeout)
+        print(f"added replica {index} (caught up and promoted to voter)")
+    elif args.action == "remove":
+        if args.index is None:
+            raise InvalidRequest("`raftkv members remove NAME INDEX` needs the replica index to remove")
+        cluster.remove_replica(args.index, timeout=args.timeout)
+        print(f"removed replica {args.index}")
+    for m in cluster.members():
+        kind = "voter" if m["voter"] else "learner"
+        print(f"{m['replica']:>4}  {kind:<8} {m['role']:<12} node {m['node_id'] or '-'}")
     return 0
 
 
@@ -330,11 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", parents=[layout], help="start a detached cluster on a running Ray cluster")
     p.add_argument("cluster", metavar="NAME")
+    p.add_argument("--auto-replace", action="store_true",
+                   help="replace a replica whose actor or Ray node is lost (a detached supervisor actor heals)")
+    p.add_argument("--replace-after", type=float, default=30.0, metavar="S",
+                   help="seconds a replica must be lost before it is replaced (default 30)")
     p.set_defaults(func=_cmd_start, needs_ray=True)
 
     p = sub.add_parser("stop", parents=[ray_opts], help="stop a cluster (its data directory is kept)")
     p.add_argument("cluster", metavar="NAME")
     p.set_defaults(func=_cmd_stop, needs_ray=True)
+
+    p = sub.add_parser("members", parents=[ray_opts], help="list | add | remove INDEX: the cluster's members")
+    p.add_argument("action", choices=["list", "add", "remove"])
+    p.add_argument("cluster", metavar="NAME")
+    p.add_argument("index", nargs="?", type=int, default=None, metavar="INDEX")
+    p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
+    p.set_defaults(func=_cmd_members, needs_ray=True)
 
     p = sub.add_parser("put", parents=[conn], help="set KEY to VALUE; prints OK")
     p.add_argument("key", metavar="KEY")

@@ -150,6 +150,23 @@ def test_raftkv_errors_exit_1(make_cluster, capsys):
 
 
 @pytest.mark.ray
+def test_members_list_add_remove(make_cluster, capsys):
+    cluster = make_cluster()
+    ns = ("--namespace", cluster.namespace)
+    code, out, _ = run(capsys, "members", "list", cluster.name, *ns)
+    assert code == 0 and [line.split()[:2] for line in out.splitlines()] == [[str(i), "voter"] for i in range(3)]
+    code, out, _ = run(capsys, "members", "add", cluster.name, *ns)
+    assert code == 0 and out.startswith("added replica 3")
+    code, out, _ = run(capsys, "members", "remove", cluster.name, "0", *ns)
+    assert code == 0 and out.startswith("removed replica 0")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["1", "2", "3"]
+    code, _, err = run(capsys, "members", "remove", cluster.name, *ns)  # no index
+    assert code == 1 and "INDEX" in err
+    code, _, err = run(capsys, "members", "remove", cluster.name, "0", *ns)  # not a member any more
+    assert code == 1 and err.startswith("Error: ")
+
+
+@pytest.mark.ray
 def test_cli_does_not_touch_ray_it_did_not_start(make_cluster, capsys):
     import ray
 
