@@ -39,7 +39,7 @@ import structlog
 
 from kv.errors import ClusterExists, ClusterNotFound, InvalidRequest, StorageError, Unavailable
 from raft_actors.membership import ConfChangeRefused, Refusal
-from raft_actors.node import NodeOptions, RaftNode, _has_data, actor_name, read_members_file, replica_dir
+from raft_actors.node import NodeOptions, RaftNode, actor_name, read_members_file, replica_dir
 
 log = structlog.get_logger(__name__)
 
@@ -152,7 +152,9 @@ class Cluster:
 
     @property
     def indices(self) -> list[int]:
-        """The members' replica indices (voters and learners), sorted."""
+        """The members' replica indices (voters and learners), sorted, as last
+        learned (`status()`, `members()` and changes made through this handle
+        refresh it; a healer or another process may have changed it since)."""
         return list(self._members)
 
     @property
@@ -217,22 +219,35 @@ class Cluster:
         return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
     def _start(self, indices: list[int], timeout: float = 60.0, *, expect_data: bool = False,
-               join: bool = False, avoid: set[str] | None = None) -> None:
-        refs = [self._spawn(i, expect_data=expect_data, join=join, avoid=avoid).start.remote() for i in indices]
-        try:
-            ray.get(refs, timeout=timeout)
-        except ray.exceptions.RayActorError as exc:
-            # The actor's constructor failed: most often a corrupt, unreadable
-            # or already used data directory. Surface the replica's own words.
-            for i in indices:
-                self._kill(i)
-            text = str(exc)
-            detail = text
-            for marker in ("CorruptLog: ", "StorageError: "):
-                if marker in text:
-                    detail = text.split(marker, 1)[1].strip().splitlines()[0]
-                    break
-            raise StorageError(f"a replica of cluster {self.name!r} could not open its log: {detail}") from exc
+               join: bool = False, avoid: set[str] | None = None, tolerate: bool = False) -> dict[int, str]:
+        """Start replicas `indices` and wait until each has opened its log.
+
+        Raises StorageError (after killing them all) if one could not open its
+        log, unless `tolerate`: then only those that failed are killed, and
+        the failures are returned as {index: reason}.
+        """
+        refs = {i: self._spawn(i, expect_data=expect_data, join=join, avoid=avoid).start.remote() for i in indices}
+        failed: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        for i, ref in refs.items():
+            try:
+                ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.RayActorError as exc:
+                # The actor's constructor failed: most often a corrupt, unreadable
+                # or already used data directory. Surface the replica's own words.
+                text = str(exc)
+                detail = text
+                for marker in ("CorruptLog: ", "StorageError: "):
+                    if marker in text:
+                        detail = text.split(marker, 1)[1].strip().splitlines()[0]
+                        break
+                failed[i] = detail
+        for i in failed if tolerate else (indices if failed else []):
+            self._kill(i)
+        if failed and not tolerate:
+            raise StorageError(f"a replica of cluster {self.name!r} could not open its log: "
+                               f"{next(iter(failed.values()))}")
+        return failed
 
     def handle(self, index: int) -> Any:
         """The actor handle of replica `index` (raises if it is down)."""
@@ -543,7 +558,7 @@ class Cluster:
         raise Unavailable(f"replica {to} did not take over leadership within {timeout} s")
 
     # -- status ----------------------------------------------------------
-    def status(self, timeout: float = 5.0) -> list[dict]:
+    def status(self, timeout: float = 5.0, _rediscovering: bool = False) -> list[dict]:
         """One mapping per member, by index: role, term, commit_index,
         applied_index, leader, voters, learners...
 
@@ -581,6 +596,13 @@ class Cluster:
                       and not s.get("conf_pending")), key=lambda s: s["conf_index"], default=None)
         if newest is not None:
             self._set_members(newest, newest["conf_index"])
+        elif all(s["role"] == "down" for s in out) and not _rediscovering:
+            # Every member we knew is gone: replaced from elsewhere (a
+            # supervisor, another handle)? Find the cluster by its actors' names.
+            info = describe_cluster(self.name, self.namespace, timeout=min(timeout, 5.0))
+            if info is not None and set(info["members"]) != set(members):
+                self._set_members(info, info["conf_index"])
+                return self.status(timeout, _rediscovering=True)
         for s in out:
             if s.get("node_id"):
                 self._nodes.setdefault(s["replica"], s["node_id"])
@@ -668,6 +690,8 @@ class _Healer:
         for i in lost:
             self._lost_since.setdefault(i, now)
         due = sorted(i for i, t in self._lost_since.items() if now - t >= self.grace and i in c.indices)
+        if not lost:
+            self.size = len(c.voters)  # changes made by hand set the size to keep
         if not due or not any(s["role"] == "leader" for s in statuses) or self._stop.is_set():
             return
         lost_index = due[0]
@@ -746,12 +770,18 @@ def start_cluster(name: str, replicas: int = 3, data_dir: str | None = None, *, 
         voters, learners = sorted(saved["voters"]), sorted(saved["learners"])
         if len(voters) != replicas:
             log.info("cluster.members_from_data", cluster=name, voters=voters, learners=learners, asked=replicas)
-        # A learner that never received anything has nothing to come back
-        # with; the leader goes on without it (remove it, or it catches up
-        # if started later).
-        start = voters + [i for i in learners if _has_data(replica_dir(data_dir, i))]
+        # A member that lost its data directory is not started (it must not
+        # come back under its old identity); with a quorum of the others the
+        # cluster serves, and it can be removed and replaced.
         cluster = Cluster(name, voters + learners, data_dir, namespace, detached, options or NodeOptions(), voters)
-        cluster._start(sorted(start), expect_data=True)
+        failed = cluster._start(voters + learners, expect_data=True, tolerate=True)
+        for i, why in failed.items():
+            log.warning("cluster.member_not_started", cluster=name, replica=i, reason=why)
+        if len([v for v in voters if v not in failed]) < len(voters) // 2 + 1:
+            for i in voters + learners:
+                cluster._kill(i)
+            raise StorageError(f"cluster {name!r}: too few voters could open their logs for a quorum: "
+                               + "; ".join(f"replica {i}: {why}" for i, why in sorted(failed.items())))
     else:
         cluster = Cluster(name, list(range(replicas)), data_dir, namespace, detached, options or NodeOptions())
         cluster._start(list(range(replicas)))

@@ -219,3 +219,51 @@ def test_bad_membership_arguments_are_typed_errors(cluster):
         cluster.enable_auto_replace(-1)
     status, payload = ray.get(cluster.handle(cluster.leader()).change_membership.remote("bogus", 1))
     assert status == "refused" and payload[0] == "invalid"
+
+
+def test_restart_without_a_members_data_serves_and_lets_it_be_replaced(make_cluster, tmp_path):
+    import shutil
+
+    cluster = make_cluster(3, data_dir=str(tmp_path))
+    c = connect(cluster.name, timeout=20)
+    c.put("a", "1")
+    c.close()
+    cluster.stop()
+    shutil.rmtree(tmp_path / "replica-2")  # lost with its disk
+    again = start_cluster(cluster.name, 3, data_dir=str(tmp_path))
+    try:
+        assert {s["replica"]: s["role"] for s in again.status()}[2] == "down"  # not started empty
+        c = connect(again.name, timeout=20)
+        assert c.get("a").value == "1"
+        again.remove_replica(2)
+        new = again.add_replica(timeout=60)
+        assert again.voters == [0, 1, new] and new == 3
+        c.put("b", "2")
+        c.close()
+    finally:
+        again.stop()
+
+
+def test_detached_cluster_heals_through_its_supervisor_actor(make_cluster):
+    cluster = make_cluster(3, detached=True)
+    cluster.enable_auto_replace(2.0)
+    sup = ray.get_actor(f"raftkv/{cluster.name}/supervisor", namespace=cluster.namespace)
+    c = connect(cluster.name, timeout=30)
+    c.put("k", "v")
+    cluster.kill_replica(0)
+    assert wait_for(lambda: ray.get(sup.replaced.remote()), 60)
+    assert wait_for(lambda: cluster.status() and 0 not in cluster.indices and len(cluster.voters) == 3, 30)
+    assert c.get("k").value == "v"
+    c.close()
+    cluster.stop()  # stops the supervisor too, and the replica it added
+    with pytest.raises(ValueError):
+        ray.get_actor(f"raftkv/{cluster.name}/supervisor", namespace=cluster.namespace)
+    assert not [i for i in range(6) if _named(cluster, i)]
+
+
+def _named(cluster, i: int) -> bool:
+    try:
+        ray.get_actor(f"raftkv/{cluster.name}/{i}", namespace=cluster.namespace)
+    except ValueError:
+        return False
+    return True
