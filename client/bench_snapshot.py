@@ -18,7 +18,8 @@ concurrent writers), then:
                               snapshots, the follower restarted: its log ends
                               before the leader's snapshot, so it must install
                               the whole store (as a new member would); until
-                              it has caught up
+                              it has caught up (applied the leader's commit
+                              index, its store at the leader's revision)
     new_member_s              a new member added (`add_replica`) once the
                               leader has snapshotted (nearly) everything: it
                               starts with an empty log and catches up through
@@ -69,6 +70,19 @@ def _member(cluster: Any, i: int) -> dict:
         if s["replica"] == i:
             return s
     raise LookupError(f"replica {i} is not a member ({cluster.indices})")
+
+
+def _serving(cluster: Any, i: int, commit: int = 0) -> bool:
+    """Replica i's state machine has applied `commit` and is at the leader's
+    revision. (Until this session the status reported the Raft core's applied
+    index, which counts a snapshot applied once its last chunk is in, seconds
+    before the replica has saved it and loaded its store: the revision check
+    guards this figure against that.)"""
+    st = {s["replica"]: s for s in cluster.status()}
+    lead = next((s for s in st.values() if s["role"] == "leader"), None)
+    me = st.get(i, {})
+    return (lead is not None and (me.get("applied_index") or 0) >= commit
+            and me.get("revision") == lead["revision"])
 
 
 def _snapshot_now(cluster: Any, i: int) -> None:
@@ -157,7 +171,7 @@ def run(keys: int = 1_000_000) -> dict:
             t0 = time.monotonic()
             cluster.restart_replica(follower, timeout=600)
             commit = _member(cluster, leader)["commit_index"]
-            _wait(lambda: (_member(cluster, follower).get("applied_index") or 0) >= commit)
+            _wait(lambda: _serving(cluster, follower, commit))
             out["catch_up_s"] = round(time.monotonic() - t0, 1)
             out["installed"] = _member(cluster, follower)["stats"]["snapshots_installed"]
 
@@ -169,13 +183,7 @@ def run(keys: int = 1_000_000) -> dict:
             t0 = time.monotonic()
             new = cluster.add_replica(timeout=600)
             out["new_member_s"] = round(time.monotonic() - t0, 1)
-
-            def serving() -> bool:
-                st = {s["replica"]: s for s in cluster.status()}
-                lead = next((s for s in st.values() if s["role"] == "leader"), None)
-                return lead is not None and st[new].get("revision") == lead["revision"]
-
-            _wait(serving)
+            _wait(lambda: _serving(cluster, new))
             out["new_member_serving_s"] = round(time.monotonic() - t0, 1)
             joined = _member(cluster, new)
             out["new_member_installed"] = joined["stats"]["snapshots_installed"]

@@ -326,7 +326,10 @@ class RaftNode:
             "term": s["term"],
             "leader": leader - 1 if leader != NONE else None,
             "commit_index": s["commit_index"],
-            "applied_index": s["applied_index"],
+            # The state machine's, not the core's: after InstallSnapshot the
+            # core counts the snapshot applied as soon as its last chunk is
+            # in, seconds before this replica has saved it and loaded its store.
+            "applied_index": self.sm.applied_index,
             "last_index": s["last_index"],
             "snapshot_index": s["snapshot_index"],
             "revision": self.sm.revision,
