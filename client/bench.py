@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Awaitable, Callable
@@ -233,7 +234,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if args.seconds <= 0 or args.writers < 1 or args.readers < 1:
         raise SystemExit("bench: --seconds must be > 0, --writers and --readers >= 1")
     if not structlog.is_configured():
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     result = run_bench(args.seconds, args.writers, args.readers)
     if args.json:
         print(json.dumps(result))

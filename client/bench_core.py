@@ -75,7 +75,8 @@ def bench_sim(seconds: float = 5.0) -> dict:
 
 def main() -> None:
     # The simulator's faults make replicas log warnings by design; keep the output to the figures.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     out = bench_core()
     out.update(bench_sim())
     try:

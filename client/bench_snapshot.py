@@ -39,6 +39,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -106,7 +107,8 @@ def _snapshot_now(cluster: Any, i: int) -> None:
 
 
 def run(keys: int = 1_000_000) -> dict:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     if not ray.is_initialized():
         # address="local": a private instance even when another Ray cluster on
         # this machine was recorded as the current one (/tmp/ray/ray_current_cluster).

@@ -23,7 +23,9 @@ local Ray instance when Ray is not initialized in this process). Then, for
   its data directory), kill the leader, partition a minority from the majority,
   partition the leader alone, pause a replica's process (SIGSTOP, then
   SIGCONT), cut the leader's messages to its followers one way (it still
-  hears them: an asymmetric partition), or two of these at once.
+  hears them: an asymmetric partition), replace a running replica by a new
+  member (add it as a learner, promote it, remove the old one: membership
+  changes through the log while the clients run), or two of these at once.
 
 At the end everything is healed (processes continued, replicas restarted,
 partitions healed), a leader is awaited, and every key is read once more;
@@ -62,7 +64,8 @@ NAMESPACE = "raftkv"
 DEFAULT_CLIENTS = {"threads": 3, "async_tasks": 4, "ray_tasks": 2}
 CLIENT_TIMEOUT = 2.0  # default: seconds a client request may take, retries included
 KEYS = 5
-FAULT_KINDS = ("kill", "kill-leader", "partition-minority", "partition-leader", "partition-oneway", "pause")
+FAULT_KINDS = ("kill", "kill-leader", "partition-minority", "partition-leader", "partition-oneway", "pause",
+               "replace")
 
 
 # -- one client operation ---------------------------------------------------------
@@ -207,14 +210,19 @@ class Nemesis:
         rng: the schedule's random source.
     """
 
-    def __init__(self, cluster: Any, rng: random.Random) -> None:
+    def __init__(self, cluster: Any, rng: random.Random, kinds: Sequence[str] = FAULT_KINDS) -> None:
+        unknown = sorted(set(kinds) - set(FAULT_KINDS))
+        if unknown or not kinds:
+            raise InvalidRequest(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
         self.cluster = cluster
         self.rng = rng
+        self.kinds = tuple(kinds)
         self.events: list[dict] = []  # one per fault: kind, targets, start, end
         self._killed: set[int] = set()
         self._paused: dict[int, int] = {}  # replica -> pid
         self._partitioned = False
         self._pids: dict[int, int] = {}
+        self._size = len(cluster.voters)  # voters to keep through replacements
         self._stop = threading.Event()
 
     # -- schedule -------------------------------------------------------------
@@ -227,9 +235,9 @@ class Nemesis:
                     break
                 if self._stop.wait(gap):
                     break
-                kinds = [self.rng.choice(FAULT_KINDS)]
+                kinds = [self.rng.choice(self.kinds)]
                 if self.rng.random() < 0.25:  # sometimes two at once
-                    kinds.append(self.rng.choice(FAULT_KINDS))
+                    kinds.append(self.rng.choice(self.kinds))
                 start = time.time()
                 applied = self._inject(kinds)
                 self._stop.wait(hold)
@@ -261,7 +269,7 @@ class Nemesis:
         return applied
 
     def _up(self) -> list[int]:
-        return [i for i in range(self.cluster.replicas) if i not in self._killed and i not in self._paused]
+        return [i for i in self.cluster.indices if i not in self._killed and i not in self._paused]
 
     def _leader(self) -> int | None:
         for s in self.cluster.status(timeout=1.0):
@@ -287,9 +295,9 @@ class Nemesis:
     def _partition_minority(self) -> list[int] | None:
         if self._partitioned:
             return None
-        n = self.cluster.replicas
-        minority = self.rng.sample(range(n), (n - 1) // 2)
-        self.cluster.partition([minority, [i for i in range(n) if i not in minority]])
+        members = self.cluster.indices
+        minority = self.rng.sample(members, (len(members) - 1) // 2)
+        self.cluster.partition([minority, [i for i in members if i not in minority]])
         self._partitioned = True
         return sorted(minority)
 
@@ -297,10 +305,10 @@ class Nemesis:
         if self._partitioned:
             return None
         leader = self._leader()
+        members = self.cluster.indices
         if leader is None:
-            leader = self.rng.randrange(self.cluster.replicas)
-        n = self.cluster.replicas
-        self.cluster.partition([[leader], [i for i in range(n) if i != leader]])
+            leader = self.rng.choice(members)
+        self.cluster.partition([[leader], [i for i in members if i != leader]])
         self._partitioned = True
         return [leader]
 
@@ -309,13 +317,30 @@ class Nemesis:
             return None
         leader = self._leader()
         if leader is None:
-            leader = self.rng.randrange(self.cluster.replicas)
+            leader = self.rng.choice(self.cluster.indices)
         # The leader can no longer reach its followers, but still hears them.
-        for i in range(self.cluster.replicas):
+        for i in self.cluster.indices:
             if i != leader:
                 self.cluster.block(leader, i)
         self._partitioned = True
         return [leader]
+
+    def _replace(self) -> list[int] | None:
+        """A new member in, a running one out (both through the log). The
+        victim is a running replica, the leader half the time; a killed or
+        paused one is left for healing. If an earlier replacement added its
+        replica but could not remove the old one, this only removes."""
+        up = self._up()
+        if not up:
+            return None
+        leader = self._leader() if self.rng.random() < 0.5 else None
+        victim = leader if leader is not None else self.rng.choice(up)
+        new = -1
+        if len(self.cluster.voters) <= self._size:
+            new = self.cluster.add_replica(timeout=10.0)
+        self.cluster.remove_replica(victim, timeout=10.0)
+        self._pids.pop(victim, None)
+        return [victim, new]
 
     def _pause(self) -> list[int] | None:
         up = self._up()
@@ -371,7 +396,7 @@ class Nemesis:
 # -- the run ------------------------------------------------------------------------------
 def run_chaos(duration: float = 60, seed: int = 0, replicas: int = 3, clients: dict | None = None,
               think: float = 0.01, history_path: str | None = None, check_budget: float = 60.0,
-              client_timeout: float = CLIENT_TIMEOUT) -> dict:
+              client_timeout: float = CLIENT_TIMEOUT, faults: Sequence[str] = FAULT_KINDS) -> dict:
     """Record a history under faults on a fresh cluster and check it.
 
     Args:
@@ -385,6 +410,7 @@ def run_chaos(duration: float = 60, seed: int = 0, replicas: int = 3, clients: d
         client_timeout: each client's request timeout; an operation caught in a
             fault longer than this ends as unknown.
         check_budget: seconds the linearizability checker may take.
+        faults: the fault kinds the nemesis draws from (default: all of FAULT_KINDS).
     Returns:
         A summary dict: ops_ok, ops_failed, ops_unknown, faults (count),
         faults_by_kind, throughput figures, linearizable (bool), the checker's
@@ -412,7 +438,7 @@ def run_chaos(duration: float = 60, seed: int = 0, replicas: int = 3, clients: d
     try:
         cluster = start_cluster(name, replicas, data_dir=data_dir, namespace=NAMESPACE,
                                 options=NodeOptions(request_timeout_s=client_timeout / 2))
-        nemesis = Nemesis(cluster, random.Random(seed))
+        nemesis = Nemesis(cluster, random.Random(seed), faults)
         for i in range(replicas):  # learn the pids while every replica answers
             nemesis._pid(i)
         start = time.time() + 2.0  # let the Ray tasks' workers start and connect
@@ -533,7 +559,11 @@ def _summarize(history: list[dict], events: list[dict], result: Any, duration: f
     ok_times = sorted(op["complete"] for op in history if op["outcome"] == "ok" and op["process"] != "final")
     ok_in_fault = sum(1 for t in ok_times if any(a <= t <= b for a, b in faulted))
     span = (ok_times[-1] - ok_times[0]) if len(ok_times) > 1 else 0.0
-    healthy_s = max(1e-9, span - faulted_s)
+    if span:  # faults can start before the first ok and end after the last one
+        lo, hi = ok_times[0], ok_times[-1]
+        healthy_s = span - sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in faulted)
+    else:
+        healthy_s = 0.0
     linearizable = result.verdict == LINEARIZABLE
     final_reads_ok = len(final) == KEYS
     return {
@@ -552,7 +582,7 @@ def _summarize(history: list[dict], events: list[dict], result: Any, duration: f
         "fault_log": [{"kind": e["kind"], "replicas": e["targets"], "at_s": round(e["start"] - t_first, 1),
                        "for_s": round(e["end"] - e["start"], 1)} for e in events],
         "ok_per_s_faulted": round(ok_in_fault / faulted_s, 1) if faulted_s else None,
-        "ok_per_s_healthy": round((len(ok_times) - ok_in_fault) / healthy_s, 1) if span else None,
+        "ok_per_s_healthy": round((len(ok_times) - ok_in_fault) / healthy_s, 1) if healthy_s >= 0.5 else None,
         "linearizable": linearizable,
         "linearizability": result.verdict,
         "key_verdicts": {str(k): v.verdict for k, v in result.keys.items()},
@@ -606,15 +636,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--client-timeout", type=float, default=CLIENT_TIMEOUT,
                    help=f"client request timeout in seconds (default {CLIENT_TIMEOUT})")
     p.add_argument("--history", default=None, metavar="FILE", help="write the history there (JSON lines)")
+    p.add_argument("--faults", default=",".join(FAULT_KINDS), metavar="KINDS",
+                   help="comma-separated fault kinds to draw from (default: all: " + ",".join(FAULT_KINDS) + ")")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    faults = [k.strip() for k in args.faults.split(",") if k.strip()]
+    if not faults or set(faults) - set(FAULT_KINDS):
+        p.error(f"--faults: choose from {','.join(FAULT_KINDS)}")
     if args.duration <= 0:
         p.error("--duration must be > 0")
     if not structlog.is_configured():
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     summary = run_chaos(args.duration, args.seed, args.replicas,
                         {"threads": args.threads, "async_tasks": args.async_tasks, "ray_tasks": args.ray_tasks},
-                        history_path=args.history, client_timeout=args.client_timeout)
+                        history_path=args.history, client_timeout=args.client_timeout, faults=faults)
     if args.json:
         print(json.dumps(summary))
     else:

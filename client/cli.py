@@ -438,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return chaos_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not structlog.is_configured():
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     attached = False
     try:
         if args.needs_ray:

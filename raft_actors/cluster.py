@@ -39,7 +39,7 @@ import structlog
 
 from kv.errors import ClusterExists, ClusterNotFound, InvalidRequest, StorageError, Unavailable
 from raft_actors.membership import ConfChangeRefused, Refusal
-from raft_actors.node import NodeOptions, RaftNode, actor_name, read_members_file, replica_dir
+from raft_actors.node import LOST_DATA, NodeOptions, RaftNode, actor_name, read_members_file, replica_dir
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +119,11 @@ def saved_members(data_dir: str) -> dict | None:
         if info is not None and (best is None or info["conf_index"] > best["conf_index"]):
             best = info
     return best
+
+
+def _no_status(index: int, role: str) -> dict:
+    return {"replica": index, "role": role, "term": None, "leader": None, "commit_index": None,
+            "applied_index": None}
 
 
 def _alive_nodes() -> list[str]:
@@ -552,13 +557,13 @@ class Cluster:
         ray.get(self._handle(leader).transfer_leadership.remote(to), timeout=timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(s["replica"] == to and s["role"] == "leader" for s in self.status(timeout=2.0)):
+            if any(s["replica"] == to and s["role"] == "leader" for s in self._poll(2.0, stop_at_leader=True)):
                 return
             time.sleep(0.02)
         raise Unavailable(f"replica {to} did not take over leadership within {timeout} s")
 
     # -- status ----------------------------------------------------------
-    def status(self, timeout: float = 5.0, _rediscovering: bool = False) -> list[dict]:
+    def status(self, timeout: float = 5.0) -> list[dict]:
         """One mapping per member, by index: role, term, commit_index,
         applied_index, leader, voters, learners...
 
@@ -567,57 +572,67 @@ class Cluster:
         "unresponsive". The member list is learned from the answers (the
         newest configuration any replica reports).
         """
-        members = list(self._members)
-        refs = {}
-        for i in members:
-            try:
-                refs[i] = self._handle(i).status.remote()
-            except ValueError:
-                refs[i] = None
-        out: list[dict] = []
-        deadline = time.monotonic() + timeout
-        for i in members:
-            ref = refs[i]
-            try:
-                if ref is None:
-                    raise ValueError("no such actor")
-                out.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
-            except ray.exceptions.GetTimeoutError:
-                # Busy (e.g. loading a large snapshot), not gone. Keep the
-                # handle: for a job-scoped cluster it is what keeps the actor
-                # alive, and dropping it would kill the replica.
-                out.append({"replica": i, "role": "unresponsive", "term": None, "leader": None,
-                            "commit_index": None, "applied_index": None})
-            except Exception:
-                self._handles.pop(i, None)
-                out.append({"replica": i, "role": "down", "term": None, "leader": None,
-                            "commit_index": None, "applied_index": None})
-        newest = max((s for s in out if s.get("voters") and s.get("conf_index") is not None
-                      and not s.get("conf_pending")), key=lambda s: s["conf_index"], default=None)
-        if newest is not None:
-            self._set_members(newest, newest["conf_index"])
-        elif all(s["role"] == "down" for s in out) and not _rediscovering:
-            # Every member we knew is gone: replaced from elsewhere (a
-            # supervisor, another handle)? Find the cluster by its actors' names.
-            info = describe_cluster(self.name, self.namespace, timeout=min(timeout, 5.0))
-            if info is not None and set(info["members"]) != set(members):
-                self._set_members(info, info["conf_index"])
-                return self.status(timeout, _rediscovering=True)
-        for s in out:
-            if s.get("node_id"):
-                self._nodes.setdefault(s["replica"], s["node_id"])
-        return out
+        return self._poll(timeout)
 
     def leader(self, timeout: float = 10.0) -> int:
-        """Wait for a leader and return its index; raises Unavailable after `timeout`."""
+        """Wait for a leader and return its index; raises Unavailable after `timeout`.
+
+        Returns as soon as a replica says it leads (one that is paused or slow
+        does not hold the answer up)."""
         deadline = time.monotonic() + timeout
         while True:
-            for s in self.status(timeout=2.0):
+            for s in self._poll(2.0, stop_at_leader=True):
                 if s["role"] == "leader":
                     return s["replica"]
             if time.monotonic() > deadline:
                 raise Unavailable(f"cluster {self.name!r} has no leader after {timeout} s")
             time.sleep(0.05)
+
+    def _poll(self, timeout: float, stop_at_leader: bool = False, _rediscovering: bool = False) -> list[dict]:
+        members = list(self._members)
+        refs: dict[int, Any] = {}
+        out: dict[int, dict] = {}
+        for i in members:
+            try:
+                refs[i] = self._handle(i).status.remote()
+            except ValueError:
+                out[i] = _no_status(i, "down")
+        index_of = {ref: i for i, ref in refs.items()}
+        pending = list(refs.values())
+        deadline = time.monotonic() + timeout
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            i = index_of[ready[0]]
+            try:
+                out[i] = ray.get(ready[0])
+            except Exception:
+                self._handles.pop(i, None)
+                out[i] = _no_status(i, "down")
+            if stop_at_leader and out[i]["role"] == "leader":
+                break
+        for ref in pending:
+            # Busy (e.g. loading a large snapshot) or paused, not gone. Keep
+            # the handle: for a job-scoped cluster it is what keeps the actor
+            # alive, and dropping it would kill the replica.
+            out[index_of[ref]] = _no_status(index_of[ref], "unresponsive")
+        answers = [out[i] for i in members if i in out]
+        newest = max((s for s in answers if s.get("voters") and s.get("conf_index") is not None
+                      and not s.get("conf_pending")), key=lambda s: s["conf_index"], default=None)
+        if newest is not None:
+            self._set_members(newest, newest["conf_index"])
+        elif answers and all(s["role"] == "down" for s in answers) and not _rediscovering:
+            # Every member we knew is gone: replaced from elsewhere (a
+            # supervisor, another handle)? Find the cluster by its actors' names.
+            info = describe_cluster(self.name, self.namespace, timeout=min(timeout, 5.0))
+            if info is not None and set(info["members"]) != set(members):
+                self._set_members(info, info["conf_index"])
+                return self._poll(timeout, stop_at_leader, _rediscovering=True)
+        for s in answers:
+            if s.get("node_id"):
+                self._nodes.setdefault(s["replica"], s["node_id"])
+        return answers
 
     # -- helpers -----------------------------------------------------------
     def _check_index(self, index: int) -> None:
@@ -777,6 +792,12 @@ def start_cluster(name: str, replicas: int = 3, data_dir: str | None = None, *, 
         failed = cluster._start(voters + learners, expect_data=True, tolerate=True)
         for i, why in failed.items():
             log.warning("cluster.member_not_started", cluster=name, replica=i, reason=why)
+        damaged = {i: why for i, why in failed.items() if LOST_DATA not in why}
+        if damaged:  # a damaged log is the operator's call, not something to start around
+            for i in voters + learners:
+                cluster._kill(i)
+            i, why = next(iter(sorted(damaged.items())))
+            raise StorageError(f"a replica of cluster {name!r} could not open its log: replica {i}: {why}")
         if len([v for v in voters if v not in failed]) < len(voters) // 2 + 1:
             for i in voters + learners:
                 cluster._kill(i)

@@ -112,6 +112,7 @@ def actor_name(cluster: str, index: int) -> str:
 
 
 MEMBERS_FILE = "members.json"
+LOST_DATA = "is empty or gone"  # in the refusal of a member restarted without its data
 
 
 def replica_dir(data_dir: str, index: int) -> str:
@@ -221,7 +222,7 @@ class RaftNode:
             raise StorageError(f"{self.data_dir} already holds replica data; a new member starts from an empty "
                                "directory (replica indices are never reused)")
         if expect_data and not _has_data(self.data_dir):
-            raise StorageError(f"{self.data_dir} is empty or gone: replica {index} lost its log and cannot come "
+            raise StorageError(f"{self.data_dir} {LOST_DATA}: replica {index} lost its log and cannot come "
                                "back under its old identity; remove it and add a new replica")
         self.storage = FileStorage(self.data_dir)
         self.node_id = _ray_node_id()

@@ -16,3 +16,14 @@ def test_short_chaos_run_is_linearizable(ray_session):
     assert summary["final_reads"], summary
     assert summary["linearizable"] is True, summary["window"]
     assert summary["ops_ok"] + summary["ops_failed"] + summary["ops_unknown"] == summary["ops"]
+
+
+@pytest.mark.ray
+def test_chaos_with_membership_changes_is_linearizable(ray_session):
+    # Replicas replaced (new member in, running one out, the leader half the
+    # time) while replicas are killed and the leader is cut off.
+    summary = run_chaos(duration=20, seed=3, faults=("replace", "kill", "partition-leader"))
+    assert summary["faults_by_kind"].get("replace", 0) >= 1, summary["fault_log"]
+    assert summary["ops_ok"] > 100, summary
+    assert summary["final_reads"], summary
+    assert summary["linearizable"] is True, summary["window"]
