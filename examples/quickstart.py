@@ -12,8 +12,10 @@ a fresh temporary directory, then:
    checks every key is still there;
 3. restarts the killed replica from its data directory and waits until it has
    caught up;
-4. stops the whole cluster, starts it again from the same directory, and checks
-   every key came back.
+4. replaces a replica by a new member (added as a learner, promoted once it
+   has caught up, then the old one removed), all through the Raft log;
+5. stops the whole cluster, starts it again from the same directory (with the
+   changed membership), and checks every key came back.
 
 Every step is verified; the exit code is 1 if anything is wrong.
 """
@@ -81,7 +83,7 @@ def _wait_caught_up(cluster, index: int, timeout: float = 20.0) -> dict:
     while True:
         statuses = cluster.status()
         leader = next((s for s in statuses if s["role"] == "leader"), None)
-        mine = statuses[index]
+        mine = next(s for s in statuses if s["replica"] == index)
         if (leader is not None and mine["applied_index"] is not None
                 and mine["applied_index"] >= leader["commit_index"]):
             return {"replica": mine, "leader": leader}
@@ -173,7 +175,17 @@ def main() -> None:
                  f"(role {mine['role']}, term {mine['term']}, applied {mine['applied_index']} "
                  f"of commit {st['leader']['commit_index'] if st['leader'] else '?'}).")
 
-            # 5. full stop, full start from the same directory.
+            # 5. replace a replica by a new member.
+            t0 = time.perf_counter()
+            new = cluster.add_replica()
+            cluster.remove_replica(dead)
+            members = cluster.indices
+            checks.check(members == sorted({0, 1, 2, new} - {dead}), f"membership after replacing: {members}")
+            _say(f"Replaced replica {dead} by new member {new} (joined as a learner, caught up, promoted; "
+                 f"then {dead} removed) in {(time.perf_counter() - t0) * 1000:.0f} ms; members now {members}.")
+            good = _verify_all(client, checks, "after the membership change")
+
+            # 6. full stop, full start from the same directory.
             client.close()
             client = None
             cluster.stop()
@@ -184,6 +196,7 @@ def main() -> None:
             good = _verify_all(client, checks, "after full restart")
             cfg = client.get("demo/config")
             checks.check(cfg is not None and cfg.value == "v2", f"after full restart: demo/config is {cfg}")
+            checks.check(cluster.indices == members, f"after full restart: members {cluster.indices}, not {members}")
             _say(f"Stopped all replicas and started them again from disk in "
                  f"{(time.perf_counter() - t0) * 1000:.0f} ms: {good} of {KEYS} keys back, "
                  f"store at revision {client.get_range('demo/config').header.revision}.")
