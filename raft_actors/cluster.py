@@ -437,22 +437,27 @@ class Cluster:
                 continue
             reason, message = payload
             refusal = Refusal(reason)
-            if self._already(kind, index, target):
-                return  # an earlier attempt that timed out did commit
-            if refusal in _TRANSIENT or (wait_caught_up and refusal == Refusal.LEARNER_BEHIND):
+            done = self._already(kind, index, target)
+            if done:
+                return  # an earlier attempt that timed out or lost its leader did commit
+            if (done is None or refusal in _TRANSIENT
+                    or (wait_caught_up and refusal == Refusal.LEARNER_BEHIND)):
                 last = message
                 time.sleep(0.1)
                 continue
             raise ConfChangeRefused(message, refusal)
         raise Unavailable(f"cluster {self.name!r}: {kind} of replica {index} did not complete in time ({last})")
 
-    def _already(self, kind: str, index: int, at: int) -> bool:
+    def _already(self, kind: str, index: int, at: int) -> bool | None:
+        """Whether the configuration replica `at` has committed already has
+        this change made; None when a change is still uncommitted there (ask
+        again: it may be an earlier attempt of this one)."""
         try:
             info = ray.get(self._handle(at).describe.remote(), timeout=5)
         except Exception:
             return False
-        if info["conf_index"] > info.get("commit_index", info["conf_index"]):
-            return False
+        if info["conf_index"] > info["commit_index"]:
+            return None
         self._set_members(info)
         if kind == "add_learner":
             return index in info["learners"] or index in info["voters"]

@@ -267,3 +267,22 @@ def _named(cluster, i: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_a_change_resent_while_its_first_attempt_commits_counts_as_done(cluster):
+    # What a retry after a timeout or a leader change looks like: the same
+    # change arrives while the first attempt is still uncommitted (the
+    # leader's messages are held back meanwhile), then after it committed.
+    cluster._start([3], join=True)
+    leader = cluster.leader()
+    followers = [i for i in cluster.indices if i != leader]
+    for f in followers:
+        cluster.block(leader, f)
+    first = cluster.handle(leader).change_membership.remote("add_learner", 3)
+    threading.Timer(0.25, cluster.heal).start()  # before the followers give up on the leader
+    cluster._change("add_learner", 3, time.monotonic() + 20)  # must not raise id_used / already_member
+    assert ray.get(first, timeout=20)[0] in ("ok", "timeout")
+    assert 3 in cluster.indices and 3 not in cluster.voters
+    cluster._change("promote", 3, time.monotonic() + 30, wait_caught_up=True)
+    cluster._change("promote", 3, time.monotonic() + 30, wait_caught_up=True)  # again: already a voter
+    assert 3 in cluster.voters
