@@ -127,7 +127,7 @@ def restore_cluster(path: str | os.PathLike, name: str, replicas: int = 3, data_
         ClusterExists: `data_dir` already holds replica data.
     """
     from kv import KVStateMachine
-    from raft_actors.cluster import _check_name, default_data_dir, start_cluster
+    from raft_actors.cluster import _check_name, _local_indices, default_data_dir, start_cluster
     from raft_actors.types import HardState, SnapshotMeta
     from raft_actors.wal import FileStorage
 
@@ -135,7 +135,9 @@ def restore_cluster(path: str | os.PathLike, name: str, replicas: int = 3, data_
     info, data = read_backup(path)
     KVStateMachine().restore(data)  # refuse a backup the state machine cannot read, before touching disk
     root = os.path.abspath(data_dir or default_data_dir(name))
-    for i in range(replicas):
+    # Any replica directory there (not only 0..replicas-1: a cluster that
+    # changed its membership has others) would be mixed with the restored one.
+    for i in sorted(_local_indices(root) | set(range(replicas))):
         d = os.path.join(root, f"replica-{i}")
         if os.path.exists(d) and os.listdir(d):
             raise ClusterExists(f"{d} already holds replica data; restore into an empty data_dir")

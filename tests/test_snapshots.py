@@ -98,6 +98,12 @@ def test_backup_and_restore_into_a_new_cluster(make_cluster, tmp_path):
             assert r.header.revision == info.revision + 1
         with pytest.raises(ClusterExists):
             restore_cluster(path, cluster.name + "-r2", 3, data_dir=restored_dir)
+        # a replica added to an earlier cluster there (index past 0..2) counts too
+        stale = tmp_path / "stale" / "replica-5"
+        stale.mkdir(parents=True)
+        (stale / "members.json").write_text('{"conf_index": 9, "voters": [0, 1, 5], "learners": []}')
+        with pytest.raises(ClusterExists, match="replica-5"):
+            restore_cluster(path, cluster.name + "-r3", 3, data_dir=str(tmp_path / "stale"))
     finally:
         new.stop()
     raw = bytearray(open(path, "rb").read())
