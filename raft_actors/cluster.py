@@ -782,6 +782,10 @@ def start_cluster(name: str, replicas: int = 3, data_dir: str | None = None, *, 
     if replica_indices(name, namespace):
         raise ClusterExists(f"cluster {name!r} is already running in namespace {namespace!r}; "
                             f"use client.connect({name!r}) or stop it first")
+    try:  # a supervisor left from a detached run whose replicas are gone would heal the new one
+        ray.kill(ray.get_actor(actor_name(name, SUPERVISOR), namespace=namespace), no_restart=True)
+    except ValueError:
+        pass
     data_dir = os.path.abspath(data_dir or default_data_dir(name))
     os.makedirs(data_dir, exist_ok=True)
     saved = saved_members(data_dir)

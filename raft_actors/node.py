@@ -398,14 +398,22 @@ class RaftNode:
                  member=index)
         return ("ok", _membership_view(self.core.membership))
 
-    async def retire(self) -> bool:
+    async def retire(self, wait_s: float = 3.0) -> bool:
         """A replica that was removed from the configuration closes and renames
         its data directory to `<dir>.removed-<time>`, so nothing can start it
-        again under its identity. Returns False (and does nothing) while it
-        is still a member."""
-        conf = self.core.membership
-        if self.id in conf.members or not conf.members:
-            return False
+        again under its identity. Waits up to `wait_s` to hear of its removal
+        (the leader goes on sending to a removed replica for an election
+        timeout so that it does); returns False, having done nothing, if it
+        is still a member by then."""
+        self._ensure_started()
+        deadline = time.monotonic() + wait_s
+        while True:
+            conf = self.core.membership
+            if conf.members and self.id not in conf.members:
+                break
+            if time.monotonic() >= deadline or self._closed:
+                return False
+            await asyncio.sleep(0.05)
         await self.close()
         gone = f"{self.data_dir}.removed-{int(time.time())}"
         os.rename(self.data_dir, gone)

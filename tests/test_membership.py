@@ -90,6 +90,7 @@ def test_removing_the_leader_hands_leadership_over_first(cluster, c):
     assert leader not in cluster.indices and len(cluster.voters) == 2
     new_leader = cluster.leader()
     assert new_leader != leader
+    assert any(n.startswith(f"replica-{leader}.removed-") for n in os.listdir(cluster.data_dir))
     c.put("after", "2")
     assert c.get("before").value == "1" and c.get("after").value == "2"
 
