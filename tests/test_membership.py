@@ -287,3 +287,25 @@ def test_a_change_resent_while_its_first_attempt_commits_counts_as_done(cluster)
     cluster._change("promote", 3, time.monotonic() + 30, wait_caught_up=True)
     cluster._change("promote", 3, time.monotonic() + 30, wait_caught_up=True)  # again: already a voter
     assert 3 in cluster.voters
+
+
+def test_auto_replace_treats_a_frozen_replica_as_lost(make_cluster):
+    import signal
+
+    cluster = make_cluster(3, auto_replace=True, replace_after_s=2.0)
+    c = connect(cluster.name, timeout=30)
+    c.put("k", "v")
+    frozen = next(i for i in cluster.indices if i != cluster.leader())
+    pid = ray.get(cluster.handle(frozen).__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGSTOP)  # alive to Ray, silent to everyone
+    try:
+        assert wait_for(lambda: frozen not in cluster.indices and len(cluster.voters) == 3, 60), cluster.indices
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed by the removal
+    c.put("k2", "v2")
+    assert c.get("k").value == "v" and c.get("k2").value == "v2"
+    assert wait_for(lambda: all(s["role"] in ("leader", "follower") for s in cluster.status()), 20)
+    c.close()
