@@ -8,6 +8,7 @@ concurrent writers), then:
 
     load_s, load_keys_per_s   time to write them (every write durable on a quorum)
     rss_mb_per_replica        resident memory of each replica after the load
+                              (once no replica is building a snapshot)
     rss_mb_per_million_keys   the largest replica's growth over its empty size, per 1M keys
     snapshot_bytes            size of a replica's snapshot of the whole store
     snapshot_pause_ms         the replica's loop pause to copy its state (encoding
@@ -29,6 +30,11 @@ concurrent writers), then:
                               the leader's
     new_member_installed      snapshots the new member installed
     new_member_rss_mb         resident memory of the new member then
+    elections_during_run      leader elections after the first (term - 1)
+    loop_stalls, loop_stall_ms_max
+                              ticks that came more than half an election
+                              timeout late on the replicas still running at
+                              the end (their loop was held up), and the worst
 The new member is removed again at the end.
 """
 
@@ -137,6 +143,8 @@ def run(keys: int = 1_000_000) -> dict:
             asyncio.run(load())
             out["load_s"] = round(time.monotonic() - start, 1)
             out["load_keys_per_s"] = round(keys / out["load_s"])
+            # Not while a replica builds a snapshot (its plain form is alive then).
+            _wait(lambda: not any(s.get("snapshot_running") for s in cluster.status()))
             st = cluster.status()
             out["rss_mb_per_replica"] = [round(s["rss_bytes"] / 2**20) for s in st]
             growth = max(s["rss_bytes"] - empty[s["replica"]] for s in st)
@@ -191,6 +199,11 @@ def run(keys: int = 1_000_000) -> dict:
             out["new_member_installed"] = joined["stats"]["snapshots_installed"]
             out["new_member_rss_mb"] = round(joined["rss_bytes"] / 2**20)
             out["elections_during_run"] = max(s["term"] or 0 for s in cluster.status()) - 1
+            # Ticks that came more than half an election timeout late (the
+            # loop was held up), and the worst, over the replicas still running.
+            out["loop_stalls"] = sum(s["stats"]["stalls"] for s in cluster.status() if s.get("stats"))
+            out["loop_stall_ms_max"] = max((s["stats"]["stall_ms_max"] for s in cluster.status() if s.get("stats")),
+                                           default=0.0)
             cluster.remove_replica(new)  # leave the cluster as it was
     finally:
         cluster.stop()

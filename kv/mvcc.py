@@ -514,6 +514,10 @@ class MVCCStore:
 
     # --- snapshot ---------------------------------------------------------------
 
+    def __len__(self) -> int:
+        """Keys with a history (deleted ones too, until compaction drops them)."""
+        return len(self._index)
+
     def to_plain(self) -> list[Any]:
         """The whole store as a plain value (keys in order: deterministic)."""
         return self.freeze()()
