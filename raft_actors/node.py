@@ -77,9 +77,16 @@ def _settle_heap() -> None:
     of them (about a second per few million), and a replica paused that long
     loses its leadership. The store has no reference cycles to collect (its
     objects are freed by reference counting), so after loading or taking a
-    snapshot the objects alive are frozen, and only newer ones are scanned.
-    (No gc.collect() first: on a large heap that is the very pause to avoid.)
+    snapshot (and each time the store gained FREEZE_EVERY_KEYS keys) the
+    objects alive are frozen, and only newer ones are scanned.
+
+    The young generations are collected first (cheap: they hold only what
+    was allocated since the last collection), so that cyclic garbage made
+    lately (asyncio's exceptions and tracebacks) is freed rather than frozen
+    for good. No full collection: on a large heap that is the very pause to
+    avoid.
     """
+    gc.collect(1)
     gc.freeze()
 
 
