@@ -716,7 +716,8 @@ class _Healer:
             return
         lost_index = due[0]
         healthy_voters = [i for i in c.voters if i not in lost]
-        log.warning("healer.replacing", cluster=c.name, replica=lost_index, lost_for_s=round(now - self._lost_since[lost_index], 1))
+        log.warning("healer.replacing", cluster=c.name, replica=lost_index,
+                    lost_for_s=round(now - self._lost_since[lost_index], 1))
         new = None
         if lost_index in c.voters and len(healthy_voters) < self.size:
             avoid = {c._nodes[i] for i in lost if i in c._nodes}
