@@ -17,13 +17,7 @@ replica writes the last committed configuration next to its log
 (`members.json`), which is how a cluster started again from its data
 directories knows who its members are.
 
-Self-healing (`auto_replace=True`): a healer checks the members every
-second; a voter that is down (actor or Ray node lost) or unresponsive for
-longer than `replace_after_s` is replaced: a fresh replica on another Ray
-node is added as a learner, promoted when caught up, and the lost one is
-removed. The healer runs in the process that started the cluster, or for a
-detached cluster in a detached supervisor actor (`raftkv/<name>/supervisor`,
-restarted by Ray if its node fails).
+Self-healing (`auto_replace=True`): see `raft_actors.healer`.
 """
 
 from __future__ import annotations
@@ -47,6 +41,7 @@ DEFAULT_NAMESPACE = "raftkv"
 SUPERVISOR = "supervisor"  # actor name suffix of a detached cluster's healer
 # Refusals worth waiting out (the others mean the change does not fit).
 _TRANSIENT = {Refusal.PENDING, Refusal.TERM_NOT_COMMITTED, Refusal.TRANSFERRING, Refusal.NOT_LEADER}
+QUORUM_DOUBT_S = 2.0  # how long a would-lose-quorum refusal is retried before it is believed
 
 
 def default_data_dir(name: str) -> str:
@@ -152,7 +147,7 @@ class Cluster:
         self._handles: dict[int, Any] = {}
         self._cuts: set[tuple[int, int]] = set()  # (src, dst) replica pairs that cannot talk
         self._nodes: dict[int, str] = {}  # replica index -> Ray node id it was placed on
-        self._healer: _Healer | None = None
+        self._healer: Any = None  # a raft_actors.healer.Healer while auto_replace runs here
         self._lock = threading.RLock()  # one membership change at a time from this handle
 
     @property
@@ -367,7 +362,8 @@ class Cluster:
 
         Raises:
             ConfChangeRefused: the change would leave too few responsive
-                voters for a quorum (reason WOULD_LOSE_QUORUM), or it is the
+                voters for a quorum (reason WOULD_LOSE_QUORUM, once the
+                leader has said so for QUORUM_DOUBT_S seconds), or it is the
                 last voter (LAST_VOTER). Nothing changed.
             Unavailable: no leader within `timeout`.
         """
@@ -406,6 +402,7 @@ class Cluster:
         learner that is still catching up) until `deadline`."""
         last = "no leader"
         target: int | None = None
+        quorum_doubt: float | None = None  # until when a WOULD_LOSE_QUORUM refusal is asked again
         while time.monotonic() < deadline:
             if target is None:
                 try:
@@ -440,8 +437,14 @@ class Cluster:
             done = self._already(kind, index, target)
             if done:
                 return  # an earlier attempt that timed out or lost its leader did commit
+            if refusal == Refusal.WOULD_LOSE_QUORUM and quorum_doubt is None:
+                # A leader elected a moment ago (after a hand-over, say) has
+                # not heard from every live voter yet; ask again for a while
+                # before believing they are gone.
+                quorum_doubt = time.monotonic() + QUORUM_DOUBT_S
             if (done is None or refusal in _TRANSIENT
-                    or (wait_caught_up and refusal == Refusal.LEARNER_BEHIND)):
+                    or (wait_caught_up and refusal == Refusal.LEARNER_BEHIND)
+                    or (refusal == Refusal.WOULD_LOSE_QUORUM and time.monotonic() < quorum_doubt)):
                 last = message
                 time.sleep(0.1)
                 continue
@@ -482,14 +485,16 @@ class Cluster:
         detached supervisor actor; otherwise a thread in this process."""
         if not isinstance(replace_after_s, (int, float)) or isinstance(replace_after_s, bool) or replace_after_s <= 0:
             raise InvalidRequest(f"replace_after_s must be a positive number of seconds, got {replace_after_s!r}")
+        from raft_actors.healer import Healer, Supervisor
+
         if self.detached:
             opts = dict(name=actor_name(self.name, SUPERVISOR), namespace=self.namespace, lifetime="detached",
                         num_cpus=0, max_restarts=-1, max_concurrency=4, get_if_exists=True)
-            sup = ray.remote(_Supervisor).options(**opts).remote(self.name, self.namespace, float(replace_after_s))
+            sup = ray.remote(Supervisor).options(**opts).remote(self.name, self.namespace, float(replace_after_s))
             ray.get(sup.ping.remote(), timeout=60)
             return
         if self._healer is None:
-            self._healer = _Healer(self, float(replace_after_s))
+            self._healer = Healer(self, float(replace_after_s))
             self._healer.start()
 
     def _stop_healer(self) -> None:
@@ -666,86 +671,6 @@ class Cluster:
         return f"Cluster(name={self.name!r}, members={self._members}, data_dir={self.data_dir!r})"
 
 
-class _Healer:
-    """Replaces lost voters (see the module docstring). One thread; every
-    `interval` it looks at the members' status; a voter down or unresponsive
-    for `grace` seconds is replaced (add a fresh replica, then remove the
-    lost one), one at a time. If the cluster already has as many healthy
-    voters as it should (a replacement was added but the removal did not
-    happen), it only removes."""
-
-    def __init__(self, cluster: Cluster, grace: float) -> None:
-        self.cluster = cluster
-        self.grace = grace
-        self.size = len(cluster.voters)  # the number of voters to keep
-        self.interval = min(1.0, grace / 4)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"raftkv-healer-{cluster.name}", daemon=True)
-        self._lost_since: dict[int, float] = {}
-        self.replaced: list[tuple[int, int]] = []  # (lost index, new index)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=150)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception as exc:  # keep healing; the next round tries again
-                log.warning("healer.round_failed", cluster=self.cluster.name, error=repr(exc))
-
-    def check(self) -> None:
-        c = self.cluster
-        statuses = c.status(timeout=2.0)
-        now = time.monotonic()
-        lost = {s["replica"] for s in statuses if s["role"] in ("down", "unresponsive", "failed")}
-        for i in list(self._lost_since):
-            if i not in lost:
-                del self._lost_since[i]
-        for i in lost:
-            self._lost_since.setdefault(i, now)
-        due = sorted(i for i, t in self._lost_since.items() if now - t >= self.grace and i in c.indices)
-        if not lost:
-            self.size = len(c.voters)  # changes made by hand set the size to keep
-        if not due or not any(s["role"] == "leader" for s in statuses) or self._stop.is_set():
-            return
-        lost_index = due[0]
-        healthy_voters = [i for i in c.voters if i not in lost]
-        log.warning("healer.replacing", cluster=c.name, replica=lost_index,
-                    lost_for_s=round(now - self._lost_since[lost_index], 1))
-        new = None
-        if lost_index in c.voters and len(healthy_voters) < self.size:
-            avoid = {c._nodes[i] for i in lost if i in c._nodes}
-            new = c.add_replica(avoid_nodes=avoid)
-        c.remove_replica(lost_index)
-        self._lost_since.pop(lost_index, None)
-        self.replaced.append((lost_index, new if new is not None else -1))
-        log.warning("healer.replaced", cluster=c.name, lost=lost_index, new=new, members=c.indices)
-
-
-class _Supervisor:
-    """The healer of a detached cluster, as a detached actor of its own."""
-
-    def __init__(self, name: str, namespace: str, grace: float) -> None:
-        self.cluster = get_cluster(name, namespace)
-        self.cluster._healer = _Healer(self.cluster, grace)
-        self.cluster._healer.start()
-
-    def ping(self) -> bool:
-        return True
-
-    def replaced(self) -> list:
-        healer = self.cluster._healer
-        return list(healer.replaced) if healer is not None else []
-
-    def stop(self) -> None:
-        if self.cluster._healer is not None:
-            self.cluster._healer.stop()
 def start_cluster(name: str, replicas: int = 3, data_dir: str | None = None, *, detached: bool = False,
                   namespace: str = DEFAULT_NAMESPACE, options: NodeOptions | None = None,
                   wait_for_leader: bool = True, auto_replace: bool = False,
