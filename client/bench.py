@@ -235,7 +235,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         raise SystemExit("bench: --seconds must be > 0, --writers and --readers >= 1")
     if not structlog.is_configured():
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
+                            logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     result = run_bench(args.seconds, args.writers, args.readers)
     if args.json:
         print(json.dumps(result))

@@ -647,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--duration must be > 0")
     if not structlog.is_configured():
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
+                            logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     summary = run_chaos(args.duration, args.seed, args.replicas,
                         {"threads": args.threads, "async_tasks": args.async_tasks, "ray_tasks": args.ray_tasks},
                         history_path=args.history, client_timeout=args.client_timeout, faults=faults)

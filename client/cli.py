@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not structlog.is_configured():
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
+                            logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is for results
     attached = False
     try:
         if args.needs_ray:
