@@ -648,3 +648,24 @@ def test_random_entries_never_raise_out_of_apply(raw):
     sm = KVStateMachine()
     results = sm.apply(1, 1, b"\x01" + raw)
     assert all(isinstance(r, RaftKVError) or hasattr(r, "header") for r in results)
+
+
+def test_highest_member_id_survives_snapshots_and_format_2_still_loads():
+    from kv.codec import decode
+
+    sm = KVStateMachine()
+    sm.note_members([1, 2, 3])
+    sm.note_members([1, 2, 3, 4])
+    sm.note_members([1, 2, 4])  # a removal never lowers it
+    assert sm.member_high == 4
+    again = KVStateMachine()
+    again.restore(sm.snapshot())
+    assert again.member_high == 4
+    plain = decode(sm.snapshot())
+    plain[1] = 2  # what a replica before membership changes wrote
+    old = KVStateMachine()
+    old.restore(encode(plain[:8]))
+    assert old.member_high == 0
+    with pytest.raises(CodecError):
+        old.restore(encode(plain))  # format 2 with a ninth field is not a snapshot this reads
+    assert old.member_high == 0  # a refused snapshot changes nothing
