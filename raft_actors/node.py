@@ -423,15 +423,9 @@ class RaftNode:
             return ("not_leader", self._leader_index())
         except ConfChangeRefused as exc:
             return ("refused", (exc.reason.value, str(exc)))
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[at] = (fut, self.core.term)
-        self._wake.set()
-        try:
-            await asyncio.wait_for(fut, self.opts.request_timeout_s)
-        except NotLeader:
-            return ("not_leader", self._leader_index())
-        except asyncio.TimeoutError:
-            return ("timeout", None)
+        status, payload = await self._await_entry(at)
+        if status != "ok":
+            return (status, payload)
         log.info("replica.membership_changed", replica=self.index, term=self.core.term, index=at, change=kind,
                  member=index)
         return ("ok", _membership_view(self.core.membership))
@@ -508,9 +502,18 @@ class RaftNode:
             return ("ok", [exc] * len(commands))
         data = encode_batch(commands, time.time())
         index = core.propose([data])
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[index] = (fut, core.term)
         self.stats["proposals"] += 1
+        return await self._await_entry(index)
+
+    async def _await_entry(self, index: int) -> tuple[str, Any]:
+        """Wait until the entry this leader just appended at `index` is applied.
+
+        Returns ("ok", its results); ("not_leader", leader_index_or_None) if
+        leadership changed or a newer leader replaced the entry; ("timeout",
+        None) after request_timeout_s (the entry may still commit).
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (fut, self.core.term)
         self._wake.set()
         try:
             results = await asyncio.wait_for(fut, self.opts.request_timeout_s)
