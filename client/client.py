@@ -60,7 +60,7 @@ from kv.requests import LeaseGrant, LeaseKeepAlive, LeaseRevoke
 from client.leases import Lease, LeaseStatus, Session, ttl_ms
 from kv.validation import validate
 from raft_actors.backup import BackupInfo, write_backup
-from raft_actors.cluster import DEFAULT_NAMESPACE, replica_indices
+from raft_actors.cluster import DEFAULT_NAMESPACE, describe_cluster
 from raft_actors.node import actor_name
 
 if TYPE_CHECKING:  # imported lazily at run time (they import this module)
@@ -704,25 +704,15 @@ class Client:
         return h
 
     async def _discover(self) -> None:
-        """Find the cluster's members: ask every replica actor of this name
-        for its configuration and keep the newest."""
+        """Find the cluster's members: the newest configuration any replica
+        actor of this name reports (asked off the loop: it calls Ray's
+        control service)."""
         loop = asyncio.get_running_loop()
-        indices = await loop.run_in_executor(None, replica_indices, self.name, self.namespace)
-
-        async def one(i: int) -> dict | None:
-            h = self._handle(i)
-            if h is None:
-                return None
-            try:
-                return await asyncio.wait_for(_await_ref(h.describe.remote()), 10)
-            except Exception:
-                return None
-
-        infos = [x for x in await asyncio.gather(*(one(i) for i in indices)) if x and x.get("members")]
-        if not infos:
+        info = await loop.run_in_executor(None, describe_cluster, self.name, self.namespace)
+        if info is None:
             raise ClusterNotFound(f"no cluster named {self.name!r} in Ray namespace {self.namespace!r}; start one "
                                   f"with raft_actors.start_cluster({self.name!r}) or `raftkv start {self.name}`")
-        self._learn_members(max(infos, key=lambda x: x["conf_index"]))
+        self._learn_members(info)
 
 
 class TxnBuilder:
