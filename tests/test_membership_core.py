@@ -33,21 +33,7 @@ from raft_actors.types import (
     Ready,
     SnapshotMeta,
 )
-
-
-def drain(core: RaftCore) -> list[Ready]:
-    """Act as a driver that persists, sends nothing, applies everything."""
-    out = []
-    while core.has_ready():
-        rd = core.ready()
-        core.advance(rd)
-        out.append(rd)
-    return out
-
-
-def sent(readies: list[Ready], type_: MT | None = None, to: int | None = None) -> list[Message]:
-    return [m for rd in readies for m in rd.messages
-            if (type_ is None or m.type == type_) and (to is None or m.dst == to)]
+from tests.helpers import drain, sent
 
 
 def committed(readies: list[Ready]) -> list[Entry]:

@@ -19,24 +19,10 @@ from raft_actors.types import (
     Snapshot,
     SnapshotMeta,
 )
+from tests.helpers import drain, sent
 
 PEERS = (1, 2, 3)
 CONF = Membership(PEERS)  # the configuration every snapshot here records
-
-
-def drain(core: RaftCore) -> list[Ready]:
-    """Act as a driver that persists, sends nothing, applies everything."""
-    out = []
-    while core.has_ready():
-        rd = core.ready()
-        core.advance(rd)
-        out.append(rd)
-    return out
-
-
-def sent(readies: list[Ready], type_: MT | None = None, to: int | None = None) -> list[Message]:
-    return [m for rd in readies for m in rd.messages
-            if (type_ is None or m.type == type_) and (to is None or m.dst == to)]
 
 
 def make_leader(entries: int = 10, compact_to: int = 8, data: bytes = b"0123456789abcdef", **cfg) -> RaftCore:
