@@ -279,21 +279,28 @@ def test_leader_transfer_moves_leadership_to_the_target():
     sim.stabilize()
 
 
+def _churn(sim: Simulator, steps: int, every: int, restart_at: int, propose_every: int) -> None:
+    """Run `steps` time steps: crash a random live replica at the start of
+    each `every` steps, restart every crashed one `restart_at` steps later,
+    and propose every `propose_every` steps."""
+    for step in range(steps):
+        if step % every == 0:
+            alive = [i for i in sim.peers if sim.nodes[i].alive]
+            sim.crash(sim.rng.choice(alive))
+        if step % every == restart_at:
+            for i in sim.peers:
+                if not sim.nodes[i].alive:
+                    sim.restart(i)
+        if step % propose_every == 0:
+            sim.propose()
+        sim.step_time()
+
+
 def test_churn_with_unreliable_delivery():
     """A lossy, duplicating, reordering network while replicas keep crashing."""
     for seed in (11, 12, 13):
         sim = Simulator(5, seed, drop=0.2, dup=0.1, max_delay=15)
-        for step in range(300 * 10):
-            if step % 200 == 0:
-                alive = [i for i in sim.peers if sim.nodes[i].alive]
-                sim.crash(sim.rng.choice(alive))
-            if step % 200 == 100:
-                for i in sim.peers:
-                    if not sim.nodes[i].alive:
-                        sim.restart(i)
-            if step % 7 == 0:
-                sim.propose()
-            sim.step_time()
+        _churn(sim, 300 * 10, every=200, restart_at=100, propose_every=7)
         sim.stabilize()
         assert sim.stats["crashes"] >= 10 and sim.stats["dropped"] > 100
         assert len(sim.committed) > 20, len(sim.committed)
@@ -482,17 +489,7 @@ def test_random_compaction_under_churn_keeps_every_state_machine_equal():
     for seed in (21, 22):
         sim = Simulator(5, seed, drop=0.1, dup=0.05, max_delay=10, compact=0.1, compact_tail=3,
                         snapshot_chunk_bytes=48, max_inflight_snapshot_chunks=2)
-        for step in range(200 * 10):
-            if step % 150 == 0:
-                alive = [i for i in sim.peers if sim.nodes[i].alive]
-                sim.crash(sim.rng.choice(alive))
-            if step % 150 == 90:
-                for i in sim.peers:
-                    if not sim.nodes[i].alive:
-                        sim.restart(i)
-            if step % 5 == 0:
-                sim.propose()
-            sim.step_time()
+        _churn(sim, 200 * 10, every=150, restart_at=90, propose_every=5)
         sim.stabilize()
         assert sim.stats["snap_installs"] > 0 and sim.stats["compactions"] > 10, sim.stats
         orders = {tuple(v for _, v in sorted(n.applied.items())) for n in sim.nodes.values()}
